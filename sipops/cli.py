@@ -1,0 +1,138 @@
+"""The `sipops` command line: thin Typer commands that hand off to plain functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from sipops import __version__
+from sipops.errors import ExitCode, InputError
+
+app = typer.Typer(
+    name="sipops",
+    help="Take an OpenSIPS fleet from bare Linux hosts to tuned, monitored, protected production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+inventory_app = typer.Typer(help="Inspect the inventory.", no_args_is_help=True)
+app.add_typer(inventory_app, name="inventory")
+
+InventoryOpt = Annotated[
+    str | None,
+    typer.Option("-i", "--inventory", help="Inventory file [default: $SIPOPS_INVENTORY, else ./inventory.yaml]"),
+]
+
+
+def bad_input(exc: InputError) -> NoReturn:
+    """One line on stderr, exit code 2: nothing was changed."""
+    typer.echo(f"sipops: error: {exc}", err=True)
+    raise typer.Exit(ExitCode.BAD_INPUT)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sipops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """sipops: OpenSIPS fleet provisioning, tuning, monitoring and protection."""
+
+
+@app.command()
+def render(
+    targets: Annotated[list[str] | None, typer.Argument(help="Hosts, groups or 'all'", show_default=False)] = None,
+    inventory: InventoryOpt = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="List the files per host; write nothing")] = False,
+) -> None:
+    """Render every file of each host to OUT/<host>/<absolute path on the host>. No SSH."""
+    from sipops.inventory import load_inventory, resolve_inventory_path
+    from sipops.render import environment, render_host, write_tree
+
+    try:
+        inv = load_inventory(resolve_inventory_path(inventory))
+        hosts = inv.select(targets or ["all"])
+        if not list_only and out is None:
+            raise InputError("give an output directory with -o/--out, or --list", field="--out")
+        env = environment(inv)
+        results = [render_host(inv, h, env) for h in hosts]
+    except InputError as exc:
+        bad_input(exc)
+    for res in results:
+        if list_only:
+            typer.echo(f"{res.host.name}:")
+            for f in res.files:
+                extra = f"  validate: {f.validate.split()[0]}" if f.validate else ""
+                typer.echo(f"  {f.mode} {f.owner}:{f.group} {f.dest}{extra}")
+        else:
+            assert out is not None
+            written = write_tree(out, res)
+            typer.echo(f"{res.host.name}: {len(written)} files in {out / res.host.name}")
+
+
+@inventory_app.command("show")
+def inventory_show(
+    host: Annotated[str, typer.Argument(help="Host name")],
+    inventory: InventoryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+) -> None:
+    """Print the merged variables of HOST and where each value came from."""
+    import json
+
+    from sipops.inventory import load_inventory, resolve_inventory_path
+
+    try:
+        inv = load_inventory(resolve_inventory_path(inventory))
+        if host not in inv.hosts:
+            inv.select([host])  # raises with a did-you-mean
+            raise InputError(f"'{host}' is a group; name one host", file=inv.file, field="HOST")
+    except InputError as exc:
+        bad_input(exc)
+    h = inv.hosts[host]
+    if as_json:
+        data = {
+            "host": h.name,
+            "address": h.address,
+            "roles": [r.name for r in h.role_objs],
+            "groups": h.groups,
+            "vars": {k: {"value": h.vars[k], "from": str(h.origins[k])} for k in sorted(h.vars)},
+        }
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    typer.echo(f"host {h.name}  address {h.address}  ssh {h.ssh.user}@{h.address}:{h.ssh.port}")
+    typer.echo(f"roles: {', '.join(r.name for r in h.role_objs)}   groups: {', '.join(h.groups) or '-'}")
+    width = max(len(k) for k in h.vars) if h.vars else 0
+    for k in sorted(h.vars):
+        value = json.dumps(h.vars[k], default=str)
+        if len(value) > 70:
+            value = value[:67] + "..."
+        typer.echo(f"  {k:<{width}}  {value:<40}  <- {h.origins[k]}")
+
+
+def _mount_optional() -> None:
+    try:
+        from sipops.lab.cli import app as lab_app
+    except ImportError:
+        return
+    app.add_typer(lab_app, name="lab")
+
+
+_mount_optional()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except InputError as exc:  # a command that forgot to catch: still one line, exit 2
+        typer.echo(f"sipops: error: {exc}", err=True)
+        sys.exit(ExitCode.BAD_INPUT)

@@ -1,0 +1,88 @@
+"""OpenSIPS layout per version and install method: every version difference lives here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SUPPORTED_VERSIONS = ("3.4", "3.6")
+SOURCE_PREFIX = "/usr/local/opensips"
+
+# What changed between the LTS releases we render for. Both use `socket=` (3.1+),
+# `syslog_facility` (3.4 renamed log_facility) and udp_workers/tcp_workers (3.1+).
+_VERSION_PARAMS: dict[str, dict[str, Any]] = {
+    "3.4": {
+        "facility_param": "syslog_facility",
+        "socket_param": "socket",
+        "dispatcher_table_version": 9,
+        "load_balancer_table_version": 3,
+        "location_table_version": 1013,
+    },
+    "3.6": {
+        "facility_param": "syslog_facility",
+        "socket_param": "socket",
+        "dispatcher_table_version": 9,
+        "load_balancer_table_version": 3,
+        "location_table_version": 1013,
+    },
+}
+
+
+@dataclass(frozen=True)
+class OpenSIPSLayout:
+    """Paths and parameter names for one host's OpenSIPS, as templates and commands need them."""
+
+    version: str
+    install: str  # package | source | existing
+    prefix: str
+    bin: str
+    cfg_dir: str
+    cfg_file: str
+    mpath: str  # empty: the binary's compiled-in module path (packages)
+    share_dir: str
+    run_dir: str
+    pid_file: str
+    user: str
+    group: str
+    unit: str
+    own_unit: bool  # True when sipops writes the systemd unit (source and existing installs)
+    facility_param: str
+    socket_param: str
+    dispatcher_table_version: int
+    load_balancer_table_version: int
+    location_table_version: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layout(version: str, install: str, prefix: str | None, mpath: str | None = None) -> OpenSIPSLayout:
+    """The layout for a version (3.4/3.6) and install method; `prefix` only for existing installs."""
+    params = _VERSION_PARAMS[version]
+    if install == "package":
+        root = "/usr"
+        cfg_dir = "/etc/opensips"
+        share = "/usr/share/opensips"
+        module_path = mpath or ""
+    else:
+        root = (prefix or SOURCE_PREFIX).rstrip("/") if install == "existing" else SOURCE_PREFIX
+        cfg_dir = f"{root}/etc/opensips"
+        share = f"{root}/share/opensips"
+        module_path = mpath or f"{root}/lib64/opensips/modules/"
+    return OpenSIPSLayout(
+        version=version,
+        install=install,
+        prefix=root,
+        bin=f"{root}/sbin/opensips",
+        cfg_dir=cfg_dir,
+        cfg_file=f"{cfg_dir}/opensips.cfg",
+        mpath=module_path,
+        share_dir=share,
+        run_dir="/run/opensips",
+        pid_file="/run/opensips/opensips.pid",
+        user="opensips",
+        group="opensips",
+        unit="opensips.service",
+        own_unit=install != "package",
+        **params,
+    )

@@ -1,0 +1,177 @@
+"""Render every managed file of a host from its roles' templates (Jinja2, StrictUndefined)."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from sipops.errors import InputError
+from sipops.inventory import Host, Inventory
+from sipops.opensips import layout
+from sipops.paths import search_dirs
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file as it must be on the host."""
+
+    dest: str  # absolute path on the host
+    content: bytes
+    mode: str
+    owner: str
+    group: str
+    validate: str | None  # command with `{path}` for the staged copy
+    notify: tuple[str, ...]
+    src: str  # template it came from (for messages)
+
+
+@dataclass(frozen=True)
+class HostRender:
+    host: Host
+    files: list[RenderedFile]
+    handlers: dict[str, str]  # name -> command, for the handlers any file may notify
+
+
+def environment(inv: Inventory) -> jinja2.Environment:
+    dirs = [str(d) for d in search_dirs("templates", inv.dir)]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(dirs),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["nft_set"] = _nft_set
+    return env
+
+
+def _nft_set(values: list[str]) -> str:
+    return ", ".join(values)
+
+
+def context(inv: Inventory, host: Host) -> dict[str, Any]:
+    """Variables templates see: the host's merged vars plus facts derived from the inventory."""
+    v = dict(host.vars)
+    osl = layout(v["opensips_version"], v["opensips_install"], v.get("opensips_prefix"), v.get("opensips_mpath"))
+    modules: list[str] = []
+    for r in host.role_objs:
+        modules += [m for m in r.modules if m not in modules]
+    fleet = [{"name": h.name, "address": h.address, "roles": h.roles} for h in inv.hosts.values()]
+    sockets = v.get("sockets") or [
+        {
+            "proto": proto,
+            "address": v.get("sip_listen") or host.address,
+            "port": v["sip_port"],
+            "advertise": v.get("advertised_address"),
+        }
+        for proto in v["sip_protocols"]
+    ]
+    v.update(
+        sip_sockets=sockets,
+        inventory_hostname=host.name,
+        host={
+            "name": host.name,
+            "address": host.address,
+            "roles": host.roles,
+            "groups": host.groups,
+            "ssh_port": host.ssh.port,
+        },
+        roles=[r.name for r in host.role_objs],
+        modules=modules,
+        opensips=osl.as_dict(),
+        fleet=fleet,
+    )
+    return v
+
+
+def _template_error(exc: Exception, host: Host, fallback: str) -> InputError:
+    """Map a Jinja error to file:line of the template and the variable involved."""
+    file, line = fallback, None
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        file, line = exc.filename or exc.name or fallback, exc.lineno
+        return InputError(f"template syntax error: {exc.message} (host {host.name})", file=_short(file), line=line)
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename.endswith(".j2") or "/templates/" in frame.filename:
+            file, line = frame.filename, frame.lineno
+    msg = str(exc)
+    field = None
+    if isinstance(exc, jinja2.UndefinedError):
+        name = msg.split("'")[1] if msg.count("'") >= 2 else None
+        field = name
+        msg = f"undefined variable: {msg} (host {host.name})"
+    else:
+        msg = f"template error: {type(exc).__name__}: {msg} (host {host.name})"
+    return InputError(msg, file=_short(file), line=line, field=field)
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _expr(env: jinja2.Environment, text: str, ctx: dict[str, Any], where: str, host: Host) -> str:
+    try:
+        return env.from_string(text).render(ctx)
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
+        raise _template_error(exc, host, where) from None
+
+
+def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -> HostRender:
+    env = env or environment(inv)
+    ctx = context(inv, host)
+    ports = []
+    for r in host.role_objs:
+        for p in r.ports:
+            port = _expr(env, p.port, ctx, f"{r.file} (ports)", host)
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise InputError(f"port '{port}' is not 1-65535 (host {host.name})", file=r.file, field="ports")
+            ports.append({"proto": p.proto, "port": int(port), "from": p.source, "comment": p.comment, "role": r.name})
+    ctx["firewall_ports"] = ports
+    handlers: dict[str, str] = {}
+    for r in host.role_objs:
+        for name, cmd in r.handlers.items():
+            handlers[name] = _expr(env, cmd, ctx, f"{r.file} (handlers.{name})", host)
+    files: dict[str, RenderedFile] = {}
+    for r in host.role_objs:
+        for t in r.templates:
+            where = f"{r.file}:{t.line}"
+            if t.when is not None:
+                cond = _expr(env, "{{ (" + t.when + ") | string }}", ctx, where, host)
+                if cond != "True":
+                    continue
+            dest = _expr(env, t.dest, ctx, where, host)
+            if not dest.startswith("/"):
+                raise InputError(f"dest '{dest}' is not an absolute path", file=r.file, line=t.line, field="dest")
+            for n in t.notify:
+                if n not in handlers:
+                    raise InputError(f"notifies unknown handler '{n}'", file=r.file, line=t.line, field="notify")
+            try:
+                text = env.get_template(t.src).render(ctx)
+            except jinja2.TemplateNotFound as exc:
+                raise InputError(f"template '{exc.name}' not found", file=r.file, line=t.line, field="src") from None
+            except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise _template_error(exc, host, t.src) from None
+            validate = _expr(env, t.validate, ctx, where, host) if t.validate else None
+            # A later role may replace an earlier role's file (e.g. a user's role overriding one path).
+            files[dest] = RenderedFile(dest, text.encode(), t.mode, t.owner, t.group, validate, t.notify, t.src)
+    return HostRender(host, [files[d] for d in sorted(files)], handlers)
+
+
+def write_tree(out_dir: Path, rendered: HostRender) -> list[Path]:
+    """Write DIR/<host>/<absolute path> for each file; returns the paths written."""
+    written = []
+    for f in rendered.files:
+        target = out_dir / rendered.host.name / f.dest.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".sipops-tmp")
+        tmp.write_bytes(f.content)
+        tmp.replace(target)
+        written.append(target)
+    return written
