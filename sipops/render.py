@@ -160,7 +160,9 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
                 raise _template_error(exc, host, t.src) from None
             validate = _expr(env, t.validate, ctx, where, host) if t.validate else None
             # A later role may replace an earlier role's file (e.g. a user's role overriding one path).
-            files[dest] = RenderedFile(dest, text.encode(), t.mode, t.owner, t.group, validate, t.notify, t.src)
+            owner = _expr(env, t.owner, ctx, where, host)
+            group = _expr(env, t.group, ctx, where, host)
+            files[dest] = RenderedFile(dest, text.encode(), t.mode, owner, group, validate, t.notify, t.src)
     return HostRender(host, [files[d] for d in sorted(files)], handlers)
 
 
