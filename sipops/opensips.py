@@ -8,6 +8,20 @@ from typing import Any
 SUPPORTED_VERSIONS = ("3.4", "3.6")
 SOURCE_PREFIX = "/usr/local/opensips"
 
+_DS_COLUMNS_34 = (
+    "id(int,auto) setid(int) destination(string) socket(string,null) state(int) probe_mode(int) "
+    "weight(string) priority(int) attrs(string) description(string)"
+)
+_DS_COLUMNS_36 = (
+    "id(int,auto) setid(int) destination(string) socket(string,null) state(int) probe_mode(int) "
+    "weight(string) priority(int) attrs(string,null) description(string,null)"
+)
+_LB_COLUMNS = (
+    "id(int,auto) group_id(int) dst_uri(string) resources(string) probe_mode(int) "
+    "attrs(string,null) description(string,null)"
+)
+VERSION_DBTEXT_HEADER = "table_name(string) table_version(int)"
+
 # What changed between the LTS releases we render for. Both use `socket=` (3.1+),
 # `syslog_facility` (3.4 renamed log_facility) and udp_workers/tcp_workers (3.1+).
 _VERSION_PARAMS: dict[str, dict[str, Any]] = {
@@ -17,6 +31,10 @@ _VERSION_PARAMS: dict[str, dict[str, Any]] = {
         "dispatcher_table_version": 9,
         "load_balancer_table_version": 3,
         "location_table_version": 1013,
+        # db_text headers, as in scripts/dbtext/opensips/ of each release: 3.4 declares the
+        # dispatcher's attrs and description NOT NULL, 3.6 lets them be null.
+        "dispatcher_dbtext_header": _DS_COLUMNS_34,
+        "load_balancer_dbtext_header": _LB_COLUMNS,
     },
     "3.6": {
         "facility_param": "syslog_facility",
@@ -24,6 +42,8 @@ _VERSION_PARAMS: dict[str, dict[str, Any]] = {
         "dispatcher_table_version": 9,
         "load_balancer_table_version": 3,
         "location_table_version": 1013,
+        "dispatcher_dbtext_header": _DS_COLUMNS_36,
+        "load_balancer_dbtext_header": _LB_COLUMNS,
     },
 }
 
@@ -51,6 +71,9 @@ class OpenSIPSLayout:
     dispatcher_table_version: int
     load_balancer_table_version: int
     location_table_version: int
+    dispatcher_dbtext_header: str
+    load_balancer_dbtext_header: str
+    version_dbtext_header: str = VERSION_DBTEXT_HEADER
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

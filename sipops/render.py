@@ -58,9 +58,7 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
     """Variables templates see: the host's merged vars plus facts derived from the inventory."""
     v = dict(host.vars)
     osl = layout(v["opensips_version"], v["opensips_install"], v.get("opensips_prefix"), v.get("opensips_mpath"))
-    modules: list[str] = []
-    for r in host.role_objs:
-        modules += [m for m in r.modules if m not in modules]
+    modules = _names(v, host, "modules")
     fleet = [{"name": h.name, "address": h.address, "roles": h.roles} for h in inv.hosts.values()]
     sockets = v.get("sockets") or [
         {
@@ -83,10 +81,25 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
         },
         roles=[r.name for r in host.role_objs],
         modules=modules,
+        opensips_packages=_names(v, host, "opensips_packages"),
         opensips=osl.as_dict(),
         fleet=fleet,
     )
     return v
+
+
+def _names(v: dict[str, Any], host: Host, key: str) -> list[str]:
+    """A role list (modules, opensips_packages) whose entries may be Jinja expressions yielding 0..n names."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    out: list[str] = []
+    for r in host.role_objs:
+        for entry in getattr(r, key):
+            try:
+                text = env.from_string(entry).render(v) if "{" in entry else entry
+            except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
+                raise InputError(f"{key} entry {entry!r}: {exc} (host {host.name})", file=r.file, field=key) from None
+            out += [n for n in text.replace(",", " ").split() if n not in out]
+    return out
 
 
 def _template_error(exc: Exception, host: Host, fallback: str) -> InputError:
