@@ -1,0 +1,172 @@
+"""Booting lab hosts with systemd-nspawn, stopping them by pid, and waiting for their sshd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+from sipops.lab.net import NETNS_DIR
+from sipops.lab.proc import LabError
+from sipops.lab.state import LabState, Member
+
+NSPAWN = "systemd-nspawn"
+PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
+
+
+def nspawn_argv(state: LabState, member: Member) -> list[str]:
+    return [
+        NSPAWN,
+        "-D", str(state.root(member.name)),
+        "-M", member.netns,
+        f"--hostname={member.name}",
+        "--register=no",
+        "--keep-unit",
+        "--link-journal=no",
+        "--console=read-only",
+        f"--network-namespace-path={NETNS_DIR / member.netns}",
+        "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+        "-b",
+    ]  # fmt: skip
+
+
+def start(state: LabState, member: Member) -> None:
+    """Boot the host in the background (its own session, so it outlives `lab up`); record its pid."""
+    env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
+    console = state.host_dir(member.name) / "console.log"
+    with open(console, "wb") as out:
+        proc = subprocess.Popen(
+            nspawn_argv(state, member),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    member.pid = proc.pid
+    try:
+        member.pid_started = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        member.pid_started = None
+    state.save()
+
+
+def _process(member: Member) -> psutil.Process | None:
+    """The member's nspawn process if it is still the one we started (never a reused pid)."""
+    if member.pid is None:
+        return None
+    try:
+        proc = psutil.Process(member.pid)
+        if member.pid_started is not None and abs(proc.create_time() - member.pid_started) > 0.05:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(member.pid)
+            return None
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    if not cmdline or not cmdline[0].endswith(NSPAWN) or member.netns not in cmdline:
+        return None
+    return proc
+
+
+def _reap(pid: int) -> None:
+    # Only our own children can be reaped; others are left to the machine's PID 1.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def is_running(member: Member) -> bool:
+    return _process(member) is not None
+
+
+def orphans(state: LabState) -> list[psutil.Process]:
+    """nspawn processes booting one of this lab's roots that the state has no pid for (crash leftovers)."""
+    roots = {str(state.root(m.name)) for m in state.hosts()}
+    known = {m.pid for m in state.hosts() if m.pid is not None}
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.pid in known or not cmd or not cmd[0].endswith(NSPAWN):
+            continue
+        for i, arg in enumerate(cmd[:-1]):
+            if arg == "-D" and cmd[i + 1] in roots:
+                found.append(proc)
+                break
+    return found
+
+
+def stop(state: LabState, members: Iterable[Member], *, timeout: float = 30.0) -> None:
+    """SIGTERM each host's nspawn (a clean poweroff), wait, SIGKILL stragglers; by pid only."""
+    members = list(members)
+    procs: list[psutil.Process] = [p for m in members if (p := _process(m)) is not None]
+    procs += orphans(state)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    alive = procs
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.2)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    for proc in alive:
+        end = time.monotonic() + 10
+        while _alive(proc) and time.monotonic() < end:
+            time.sleep(0.1)
+        if _alive(proc):
+            raise LabError(f"systemd-nspawn pid {proc.pid} did not exit after SIGKILL")
+    for member in members:
+        member.pid = None
+        member.pid_started = None
+        shutil.rmtree(PROPAGATE_DIR / member.netns, ignore_errors=True)
+    state.save()
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(proc.pid)
+            return False
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
+def ssh_banner(address: str, port: int = 22, timeout: float = 1.0) -> bool:
+    """Whether an SSH server answers at address:port with its banner."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_ssh(state: LabState, members: list[Member], *, timeout: float = 60.0) -> None:
+    """Wait until every host's sshd answers; LabError naming the slow ones (and their console log)."""
+    waiting = list(members)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        for member in list(waiting):
+            if not is_running(member):
+                log = state.host_dir(member.name) / "console.log"
+                raise LabError(f"host {member.name} stopped while booting (console: {log})")
+            if ssh_banner(member.address):
+                waiting.remove(member)
+        if waiting:
+            time.sleep(0.2)
+    if waiting:
+        names = ", ".join(m.name for m in waiting)
+        raise LabError(f"sshd did not answer within {timeout:.0f}s on {names} (console: {state.dir / 'hosts'})")

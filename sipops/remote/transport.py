@@ -1,0 +1,191 @@
+"""SSH connections to inventory hosts, with strict host-key checking and no hidden key sources."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import fabric
+import paramiko
+
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+
+
+class SSHSettingsLike(Protocol):
+    """The `ssh` part of an inventory host (sipops.inventory.SSHSettings)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def key(self) -> Path | None: ...
+    @property
+    def known_hosts(self) -> Path | None: ...
+    @property
+    def jump(self) -> str | None: ...
+    @property
+    def connect_timeout(self) -> int: ...
+
+
+class HostLike(Protocol):
+    """What `connect` needs from an inventory host (sipops.inventory.Host)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def ssh(self) -> SSHSettingsLike: ...
+
+
+class HostKeyError(Exception):
+    """The host's SSH key is not in known_hosts, or differs from the one recorded there."""
+
+    def __init__(self, host: str, address: str, known_hosts: Path, *, changed: bool) -> None:
+        if changed:
+            what = f"host key of {host} ({address}) differs from the one in {known_hosts}"
+            hint = "if the host was rebuilt on purpose, remove its old line from that file"
+        else:
+            what = f"host key of {host} ({address}) is not in {known_hosts}"
+            hint = "add it to that file (ssh-keyscan, then check it) or connect once with accept-new"
+        super().__init__(f"{what}: refusing to connect; {hint}")
+        self.host = host
+        self.address = address
+        self.known_hosts = known_hosts
+        self.changed = changed
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    """A jump host given as `[user@]host[:port]`, using the same key and known_hosts as the target."""
+
+    name: str
+    address: str
+    ssh: SSHSettingsLike
+
+
+@dataclass(frozen=True)
+class _JumpSSH:
+    user: str
+    port: int
+    key: Path | None
+    known_hosts: Path | None
+    connect_timeout: int
+    jump: str | None = None
+
+
+_JUMP = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:\s]+)(?::(?P<port>\d+))?$")
+
+
+def parse_jump(spec: str, via: HostLike) -> JumpHost:
+    """Turn `[user@]host[:port]` into a host that shares `via`'s key and known_hosts."""
+    match = _JUMP.match(spec.strip())
+    if match is None:
+        raise ValueError(f"ssh.jump of {via.name}: expected [user@]host[:port], got {spec!r}")
+    address = match["host"].strip("[]")
+    settings = _JumpSSH(
+        user=match["user"] or via.ssh.user,
+        port=int(match["port"]) if match["port"] else 22,
+        key=via.ssh.key,
+        known_hosts=via.ssh.known_hosts,
+        connect_timeout=via.ssh.connect_timeout,
+    )
+    return JumpHost(name=spec, address=address, ssh=settings)
+
+
+def known_hosts_path(host: HostLike) -> Path:
+    """The one file host keys are read from: ssh.known_hosts, else ~/.ssh/known_hosts."""
+    path = host.ssh.known_hosts if host.ssh.known_hosts is not None else DEFAULT_KNOWN_HOSTS
+    return path.expanduser()
+
+
+_APPEND_LOCK = threading.Lock()
+
+
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    """Like OpenSSH's StrictHostKeyChecking=accept-new: record unknown keys; changed keys still fail."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        with _APPEND_LOCK:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            with os.fdopen(fd, "a") as out:
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class _StrictClient(paramiko.SSHClient):  # type: ignore[misc]
+    """An SSHClient that turns paramiko's host-key failures into HostKeyError."""
+
+    def __init__(self, host: HostLike, known_hosts: Path) -> None:
+        super().__init__()
+        self._sipops_host = host
+        self._sipops_known_hosts = known_hosts
+
+    def connect(self, *args: object, **kwargs: object) -> None:
+        host, path = self._sipops_host, self._sipops_known_hosts
+        try:
+            super().connect(*args, **kwargs)
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(host.name, host.address, path, changed=True) from exc
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(host.name, host.address, path, changed=False) from exc
+            raise
+
+
+def _client(host: HostLike, accept_new_host_key: bool) -> paramiko.SSHClient:
+    path = known_hosts_path(host)
+    client = _StrictClient(host, path)
+    # Only this file: never ~/.ssh/known_hosts behind the inventory's back, never system files.
+    if path.is_file():
+        client.load_host_keys(str(path))
+    if accept_new_host_key:
+        client.set_missing_host_key_policy(_AcceptNewPolicy(path))
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return client
+
+
+def connect(
+    host: HostLike,
+    *,
+    accept_new_host_key: bool = False,
+    connect_timeout: int | None = None,
+    jump_host: HostLike | None = None,
+) -> fabric.Connection:
+    """A Fabric connection to `host` (opened lazily) that refuses unknown or changed host keys.
+
+    connect_timeout: seconds; None uses the host's ssh.connect_timeout.
+    jump_host: the resolved ssh.jump host, when it names another inventory host; otherwise
+    ssh.jump is read as `[user@]host[:port]`.
+    """
+    timeout = connect_timeout if connect_timeout is not None else host.ssh.connect_timeout
+    gateway: fabric.Connection | None = None
+    if host.ssh.jump:
+        via: HostLike = jump_host if jump_host is not None else parse_jump(host.ssh.jump, host)
+        gateway = connect(via, accept_new_host_key=accept_new_host_key, connect_timeout=timeout)
+    connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False}
+    if host.ssh.key is not None:
+        connect_kwargs["key_filename"] = [str(host.ssh.key.expanduser())]
+    # An explicit empty SSHConfig keeps ~/.ssh/config from changing where or how we connect.
+    config = fabric.Config(ssh_config=paramiko.SSHConfig())
+    conn = fabric.Connection(
+        host.address,
+        user=host.ssh.user,
+        port=host.ssh.port,
+        config=config,
+        gateway=gateway,
+        connect_timeout=timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    conn.client = _client(host, accept_new_host_key)
+    return conn
