@@ -46,12 +46,18 @@ def environment(inv: Inventory) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters["nft_set"] = _nft_set
+    env.tests["ipv6"] = _is_ipv6
+    env.tests["ipv4"] = _is_ipv4
     return env
 
 
-def _nft_set(values: list[str]) -> str:
-    return ", ".join(values)
+def _is_ipv6(value: str) -> bool:
+    """An IPv6 address or network (`2001:db8::/32`)."""
+    return ":" in str(value)
+
+
+def _is_ipv4(value: str) -> bool:
+    return ":" not in str(value) and str(value)[:1].isdigit()
 
 
 def context(inv: Inventory, host: Host) -> dict[str, Any]:

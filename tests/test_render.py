@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, ROOT
 
 SMALL = """
 hosts:
@@ -93,9 +93,11 @@ def test_a_template_beside_the_inventory_overrides_the_packaged_one(cli, write_i
 def test_a_role_beside_the_inventory_overrides_the_packaged_one(cli, write_inventory, tmp_path):
     inv = write_inventory(SMALL)
     (tmp_path / "roles").mkdir()
+    packaged = (ROOT / "roles/proxy.yaml").read_text()
+    assert "\ntemplates:" not in packaged  # the proxy role brings only modules and a cfg partial
     (tmp_path / "roles/proxy.yaml").write_text(
-        "vars:\n  motd: {type: str, default: hello}\n"
-        "templates:\n  - {src: motd.j2, dest: /etc/motd}\n"
+        packaged.replace("\nvars:\n", "\nvars:\n  motd: {type: str, default: hello}\n", 1)
+        + "\ntemplates:\n  - {src: motd.j2, dest: /etc/motd}\n"
     )
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates/motd.j2").write_text("{{ motd }} from {{ roles | join(',') }}\n")
