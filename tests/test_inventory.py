@@ -115,10 +115,14 @@ BAD = {
     ),
     "bad address": ("hosts:\n  a:\n    address: 192.0.2.300\n", 3, "hosts.a.address", "not a valid IP address"),
     "bad ipv6 address": ("hosts:\n  a:\n    address: '2001:db8::g'\n", 3, "hosts.a.address", "not a valid"),
-    "bad port": ("hosts:\n  a:\n    address: 192.0.2.1\n    ssh: {port: 70000}\n", 4, "hosts.a.ssh.port", "out of range"),
+    "bad port": (
+        "hosts:\n  a:\n    address: 192.0.2.1\n    ssh: {port: 70000}\n",
+        4,
+        "hosts.a.ssh.port",
+        "out of range",
+    ),
     "bad cidr": (
-        "defaults:\n  vars:\n    allowlist: [192.0.2.0/24, 10.0.0.1/8]\n"
-        "hosts:\n  a: {address: 192.0.2.1}\n",
+        "defaults:\n  vars:\n    allowlist: [192.0.2.0/24, 10.0.0.1/8]\nhosts:\n  a: {address: 192.0.2.1}\n",
         3,
         "defaults.vars.allowlist[1]",
         "not a valid CIDR",
