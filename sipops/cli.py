@@ -56,6 +56,7 @@ def render(
 ) -> None:
     """Render every file of each host to OUT/<host>/<absolute path on the host>. No SSH."""
     from sipops.inventory import load_inventory, resolve_inventory_path
+    from sipops.lint import check_rendered
     from sipops.render import environment, render_host, write_tree
 
     try:
@@ -65,6 +66,7 @@ def render(
             raise InputError("give an output directory with -o/--out, or --list", field="--out")
         env = environment(inv)
         results = [render_host(inv, h, env) for h in hosts]
+        check_rendered(results, out)  # structural lint of each opensips.cfg; nothing is written if it fails
     except InputError as exc:
         bad_input(exc)
     for res in results:
