@@ -109,15 +109,18 @@ def stop(state: LabState, members: Iterable[Member], *, timeout: float = 30.0) -
     members = list(members)
     procs: list[psutil.Process] = [p for m in members if (p := _process(m)) is not None]
     procs += orphans(state)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     alive = procs
+    next_term = 0.0
     while alive and time.monotonic() < deadline:
+        if time.monotonic() >= next_term:
+            # Repeated: a host still booting has no handler for nspawn's SIGRTMIN+3 yet and drops it.
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGTERM)
+            next_term = time.monotonic() + 1.0
+        time.sleep(0.1)
         alive = [p for p in alive if _alive(p)]
-        if alive:
-            time.sleep(0.2)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()

@@ -90,6 +90,7 @@ def _plan(directory: Path, opts: UpOptions, naming: Naming) -> LabState:
 def _refuse_foreign(state: LabState) -> None:
     """Names we would create must not exist yet: they belong to someone else (or another lab)."""
     taken = [state.naming.bridge] if net.link_exists(state.naming.bridge) else []
+    taken += net.addresses_in(state.naming.network)
     for m in state.members:
         taken += [m.netns] if net.netns_exists(m.netns) else []
         taken += [m.veth] if net.link_exists(m.veth) else []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from sipops.lab.proc import run, succeeds
@@ -32,6 +32,16 @@ def remove_guard_route(state: LabState) -> None:
     if state.route_added and guard_route_present():
         run(["ip", "route", "del", "unreachable", str(GUARD_NETWORK)])
     state.route_added = False
+
+
+def addresses_in(network: IPv4Network) -> list[str]:
+    """`address on interface` for every address of this machine inside `network` (main namespace)."""
+    found: list[str] = []
+    for link in json.loads(run(["ip", "-j", "-4", "addr", "show"]) or "[]"):
+        for info in link.get("addr_info", []):
+            if info.get("local") and IPv4Address(info["local"]) in network:
+                found.append(f"{info['local']} on {link.get('ifname')}")
+    return found
 
 
 def link_exists(name: str) -> bool:

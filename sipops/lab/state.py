@@ -37,8 +37,9 @@ class Naming:
     def __post_init__(self) -> None:
         if not (self.prefix.isascii() and self.prefix.isalnum() and 1 <= len(self.prefix) <= 5):
             raise InputError(f"lab prefix must be 1-5 letters or digits, got {self.prefix!r}")
-        if self.network.prefixlen != 16 or not self.network.subnet_of(GUARD_NETWORK):
-            raise InputError(f"lab network must be a /16 inside {GUARD_NETWORK}, got {self.network}")
+        # Hosts live in the first 256 addresses, attackers in the next 256: at least a /23.
+        if not 16 <= self.network.prefixlen <= 23 or not self.network.subnet_of(GUARD_NETWORK):
+            raise InputError(f"lab network must be a /16 to /23 inside {GUARD_NETWORK}, got {self.network}")
 
     @property
     def bridge(self) -> str:
@@ -56,10 +57,10 @@ class Naming:
         return f"a{index}"
 
     def host_address(self, index: int) -> IPv4Address:
-        return self.network[1 + index]  # .0.2, .0.3, ...
+        return self.network[1 + index]  # .0.2, .0.3, ... in a /16
 
     def attacker_address(self, index: int) -> IPv4Address:
-        return self.network[256 + index]  # .1.1, .1.2, ...
+        return self.network[256 + index]  # .1.1, .1.2, ... in a /16
 
     def netns(self, name: str) -> str:
         """Network namespace and nspawn machine name of a member."""

@@ -176,8 +176,9 @@ def connect(
     connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False}
     if host.ssh.key is not None:
         connect_kwargs["key_filename"] = [str(host.ssh.key.expanduser())]
-    # An explicit empty SSHConfig keeps ~/.ssh/config from changing where or how we connect.
-    config = fabric.Config(ssh_config=paramiko.SSHConfig())
+    # An explicit empty SSHConfig keeps ~/.ssh/config from changing where or how we connect;
+    # remote commands never read our stdin (sipops runs unattended, often under cron or pytest).
+    config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={"run": {"in_stream": False}})
     conn = fabric.Connection(
         host.address,
         user=host.ssh.user,
