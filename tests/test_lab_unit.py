@@ -1,0 +1,211 @@
+"""Lab logic that needs no root: naming, state file, inventory and known_hosts, argument checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sipops.errors import InputError
+from sipops.lab import lifecycle
+from sipops.lab.access import exec_argv, ssh_argv
+from sipops.lab.cli import app
+from sipops.lab.invfile import inventory_text, known_hosts_text, write_files
+from sipops.lab.lifecycle import UpOptions, _plan
+from sipops.lab.rootfs import debian_mirror
+from sipops.lab.state import IFNAMSIZ, MAX_ATTACKERS, MAX_HOSTS, LabState, Naming, check_counts
+from sipops.remote.transport import HostKeyError, parse_jump
+
+
+def _state(tmp_path: Path, hosts: int = 3, attackers: int = 2, **kw: object) -> LabState:
+    opts = UpOptions(hosts=hosts, attackers=attackers, **kw)  # type: ignore[arg-type]
+    return _plan(tmp_path, opts, Naming(opts.prefix, opts.network))
+
+
+def test_names_carry_the_prefix_and_fit_in_an_interface_name(tmp_path: Path) -> None:
+    state = _state(tmp_path, MAX_HOSTS, MAX_ATTACKERS, prefix="abcde")
+    names = [state.naming.bridge] + [n for m in state.members for n in (m.netns, m.veth)]
+    assert all(n.startswith("abcde-") and len(n) <= IFNAMSIZ for n in names)
+    assert len(set(names)) == len(names)
+
+
+def test_hosts_start_at_dot_two_and_attackers_at_one_dot_one(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    assert [(m.name, m.address, m.netns, m.veth) for m in state.members] == [
+        ("h1", "198.18.0.2", "sipl-h1", "sipl-h1-v"),
+        ("h2", "198.18.0.3", "sipl-h2", "sipl-h2-v"),
+        ("h3", "198.18.0.4", "sipl-h3", "sipl-h3-v"),
+        ("a1", "198.18.1.1", "sipl-a1", "sipl-a1-v"),
+        ("a2", "198.18.1.2", "sipl-a2", "sipl-a2-v"),
+    ]
+    assert str(state.naming.bridge_address) == "198.18.0.1"
+
+
+def test_a_network_outside_the_guarded_range_is_refused() -> None:
+    with pytest.raises(InputError, match=re.escape("inside 198.18.0.0/15")):
+        Naming("sipl", IPv4Network("10.0.0.0/16"))
+    with pytest.raises(InputError, match="/16 to /23"):
+        Naming("sipl", IPv4Network("198.18.0.0/24"))
+
+
+@pytest.mark.parametrize(
+    ("hosts", "attackers", "field"), [(0, 0, "--hosts"), (MAX_HOSTS + 1, 0, "--hosts"), (1, -1, "--attackers")]
+)
+def test_counts_out_of_range_name_the_option(hosts: int, attackers: int, field: str) -> None:
+    with pytest.raises(InputError) as info:
+        check_counts(hosts, attackers)
+    assert info.value.field == field
+
+
+def test_state_file_round_trips(tmp_path: Path) -> None:
+    state = _state(tmp_path, opensips_prefix=Path("/opt/opensips"))
+    state.base = "/var/cache/sipops/lab/bookworm-base"
+    state.route_added = True
+    state.members[0].pid, state.members[0].pid_started, state.members[0].mounted = 4242, 1700000000.5, True
+    state.save()
+    loaded = LabState.load(tmp_path)
+    assert loaded == state
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]  # no temp file left behind
+
+
+def test_no_state_file_means_no_lab(tmp_path: Path) -> None:
+    assert LabState.load(tmp_path) is None
+
+
+def test_a_broken_state_file_is_bad_input_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{\n  oops")
+    with pytest.raises(InputError) as info:
+        LabState.load(tmp_path)
+    assert info.value.file == str(tmp_path / "state.json") and info.value.line == 2
+
+
+def test_unknown_member_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="known: h1, a1"):
+        _state(tmp_path, 1, 1).member("h9")
+
+
+def test_inventory_is_yaml_in_the_sipops_format(tmp_path: Path) -> None:
+    data = yaml.safe_load(inventory_text(_state(tmp_path)))
+    assert data["defaults"]["ssh"] == {
+        "user": "root",
+        "port": 22,
+        "key": "ssh/id_ed25519",
+        "known_hosts": "ssh/known_hosts",
+    }
+    assert data["hosts"] == {
+        "h1": {"address": "198.18.0.2", "roles": ["proxy"]},
+        "h2": {"address": "198.18.0.3", "roles": ["proxy"]},
+        "h3": {"address": "198.18.0.4", "roles": ["proxy"]},
+    }
+    assert "vars" not in data["defaults"]
+
+
+def test_opensips_prefix_becomes_an_existing_install_in_the_inventory(tmp_path: Path) -> None:
+    data = yaml.safe_load(inventory_text(_state(tmp_path, opensips_prefix=Path("/opt/opensips"))))
+    assert data["defaults"]["vars"] == {"opensips_install": "existing", "opensips_prefix": "/opt/opensips"}
+
+
+def test_written_inventory_loads_with_the_inventory_module(tmp_path: Path) -> None:
+    inventory = pytest.importorskip("sipops.inventory")
+    state = _state(tmp_path)
+    path = write_files(state, {"198.18.0.2": "ssh-ed25519 AAAA"})
+    inv = inventory.load_inventory(path)
+    h1 = inv.hosts["h1"]
+    assert (h1.address, h1.ssh.user, h1.ssh.port) == ("198.18.0.2", "root", 22)
+    assert h1.ssh.key == tmp_path / "ssh" / "id_ed25519"
+    assert h1.ssh.known_hosts == tmp_path / "ssh" / "known_hosts"
+
+
+def test_known_hosts_lines_are_address_type_key() -> None:
+    text = known_hosts_text({"198.18.0.3": "ssh-ed25519 BBBB", "198.18.0.2": "ssh-ed25519 AAAA"})
+    assert text == "198.18.0.2 ssh-ed25519 AAAA\n198.18.0.3 ssh-ed25519 BBBB\n"
+
+
+def test_host_commands_are_quoted_for_the_remote_shell_and_checked_strictly(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    argv = exec_argv(state, state.member("h1"), ["echo", "a b; rm -rf /"])
+    assert argv[-2:] == ["--", "echo 'a b; rm -rf /'"]
+    assert "StrictHostKeyChecking=yes" in argv and f"UserKnownHostsFile={tmp_path.resolve()}/ssh/known_hosts" in argv
+    assert "root@198.18.0.2" in ssh_argv(state, state.member("h1"))
+
+
+def test_attacker_commands_run_in_its_namespace(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    assert exec_argv(state, state.member("a2"), ["sipp", "-sn", "uac"]) == [
+        "ip", "netns", "exec", "sipl-a2", "sipp", "-sn", "uac",
+    ]  # fmt: skip
+
+
+def test_debian_mirror_comes_from_the_apt_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIPOPS_LAB_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    assert debian_mirror(tmp_path / "nowhere") == "http://deb.debian.org/debian"
+
+
+def test_host_key_error_names_the_host_and_the_known_hosts_file() -> None:
+    message = str(HostKeyError("h1", "198.18.0.2", Path("/lab/ssh/known_hosts"), changed=True))
+    assert "h1 (198.18.0.2)" in message and "/lab/ssh/known_hosts" in message and "differs" in message
+
+
+def test_jump_spec_is_user_host_port(tmp_path: Path) -> None:
+    from sipops.lab.access import lab_host
+
+    state = _state(tmp_path)
+    via = lab_host(state, state.member("h1"))
+    jump = parse_jump("ops@bastion.example:2222", via)
+    assert (jump.address, jump.ssh.user, jump.ssh.port, jump.ssh.known_hosts) == (
+        "bastion.example", "ops", 2222, via.ssh.known_hosts,
+    )  # fmt: skip
+    assert parse_jump("bastion", via).ssh.user == "root"
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.stderr
+
+
+def test_a_bad_hosts_value_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    code, err = _run(["up", "--hosts", "0", "--dir", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1 and "--hosts" in err
+
+
+def test_without_root_up_says_so_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, err = _run(["up", "--dir", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1 and "needs root" in err
+
+
+def test_missing_tools_are_named_with_their_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(lifecycle.shutil, "which", lambda tool: None if tool != "ip" else "/usr/bin/ip")
+    code, err = _run(["up", "--dir", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1
+    assert "systemd-nspawn (Debian package systemd-container)" in err and "debootstrap" in err
+
+
+def test_down_without_a_lab_is_fine(tmp_path: Path) -> None:
+    code, _ = _run(["down", "--dir", str(tmp_path)])
+    assert code == 0
+
+
+def test_exec_without_a_lab_is_bad_input(tmp_path: Path) -> None:
+    code, err = _run(["exec", "a1", "--dir", str(tmp_path), "--", "true"])
+    assert code == 2 and "no lab in" in err
+
+
+def test_state_json_is_plain_json(tmp_path: Path) -> None:
+    state = _state(tmp_path, 1, 0)
+    state.save()
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["version"] == 1 and data["members"][0]["netns"] == "sipl-h1"
