@@ -41,7 +41,7 @@ SOCKET_PROTOS = {"udp", "tcp", "tls", "ws", "wss", "sctp", "hep_udp", "hep_tcp",
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 )
-_HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+)(?::(\d+))?$")
+_HOSTPORT = re.compile(r"^(\[[^\]]+\]|[^\s:\[\]]+)(?::(\d+))?$")
 
 
 @dataclass(frozen=True)

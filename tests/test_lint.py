@@ -1,0 +1,156 @@
+"""The structural lint of opensips.cfg: clean on what we render, precise on what is broken."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipops.lint import lint_cfg, socket_problem
+from tests.conftest import EXAMPLE
+
+GOOD = """\
+socket = udp:192.0.2.1:5060
+socket = tcp:[2001:db8::1]:5060 as sip.example.net:5060
+loadmodule "proto_udp.so"
+loadmodule "proto_tcp.so"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "sipmsgops.so"
+modparam("tm", "fr_timeout", 5)
+
+route {
+	if (is_method("OPTIONS")) {   # a comment with route(nowhere) and a } brace
+		sl_send_reply(200, "OK");
+		exit;
+	}
+	$var(x) = $(ru{s.len});
+	t_on_failure("failed");
+	route(relay);
+}
+
+route[relay] {
+	if (!t_relay())
+		sl_reply_error();
+}
+
+failure_route[failed] {
+	xlog("L_WARN", "failed: $T_reply_code\\n");
+}
+"""
+
+
+def _errors(text: str) -> list[str]:
+    return [str(e) for e in lint_cfg(text, "opensips.cfg", "3.6")]
+
+
+def test_lint_passes_on_every_rendered_cfg_of_the_example_inventory(cli, tmp_path):
+    code, _, err = cli("render", "all", "-i", EXAMPLE, "-o", tmp_path)
+    assert code == 0, err
+    cfgs = sorted(tmp_path.rglob("opensips.cfg"))
+    assert len(cfgs) == 3
+    for cfg in cfgs:
+        text = cfg.read_text()
+        version = text.split("# OpenSIPS ", 1)[1].split()[0]
+        assert lint_cfg(text, str(cfg), version) == [], cfg
+
+
+def test_lint_passes_on_a_hand_written_cfg():
+    assert _errors(GOOD) == []
+
+
+def test_lint_fails_on_an_unknown_function():
+    bad = GOOD.replace('sl_send_reply(200, "OK");', 'sl_send_replay(200, "OK");')
+    assert _errors(bad) == ["opensips.cfg:12: unknown function sl_send_replay()"]
+
+
+def test_lint_fails_on_a_function_of_a_module_that_is_not_loaded():
+    bad = GOOD.replace("\tt_on_failure", '\tlookup("location");\n\tt_on_failure')
+    assert _errors(bad) == ["opensips.cfg:16: lookup() belongs to module registrar, which is not loaded"]
+
+
+def test_lint_fails_on_a_wrong_number_of_arguments():
+    bad = GOOD.replace('sl_send_reply(200, "OK")', "sl_send_reply(200)")
+    assert _errors(bad) == ["opensips.cfg:12: sl_send_reply() of module sl takes 2 arguments, got 1"]
+
+
+def test_lint_fails_on_a_missing_route():
+    bad = GOOD.replace("route(relay);", "route(relay_out);")
+    assert _errors(bad) == ["opensips.cfg:17: route[relay_out] is used but not defined"]
+
+
+def test_lint_fails_on_a_missing_failure_route():
+    bad = GOOD.replace('t_on_failure("failed")', 't_on_failure("fail")')
+    assert _errors(bad) == ["opensips.cfg:16: failure_route[fail] is used but not defined"]
+
+
+def test_lint_fails_on_a_duplicate_route():
+    bad = GOOD + "\nroute[relay] {\n\texit;\n}\n"
+    assert _errors(bad) == ["opensips.cfg:29: duplicate route[relay] (first defined at line 20)"]
+
+
+def test_lint_fails_on_a_modparam_of_a_module_that_is_not_loaded():
+    bad = GOOD.replace('modparam("tm", "fr_timeout", 5)', 'modparam("dispatcher", "ds_ping_interval", 10)')
+    assert _errors(bad) == ["opensips.cfg:8: modparam for module 'dispatcher', which is not loaded"]
+
+
+def test_lint_fails_on_a_parameter_the_module_does_not_have():
+    bad = GOOD.replace('"fr_timeout"', '"fr_timout"')
+    assert _errors(bad) == ["opensips.cfg:8: module 'tm' has no parameter 'fr_timout'"]
+
+
+def test_lint_knows_parameters_of_one_release_only():
+    text = GOOD.replace('"fr_timeout", 5', '"local_reply_route", "x"')
+    assert lint_cfg(text, "f", "3.6") == []
+    assert [str(e) for e in lint_cfg(text, "f", "3.4")] == [
+        "f:8: parameter 'local_reply_route' of 'tm' exists in OpenSIPS 3.6 only"
+    ]
+
+
+def test_lint_fails_on_a_bad_socket():
+    bad = GOOD.replace("socket = udp:192.0.2.1:5060", "socket = udp:192.0.2.1:99999")
+    assert _errors(bad) == ["opensips.cfg:1: socket 'udp:192.0.2.1:99999': port 99999 is out of range 1-65535"]
+
+
+def test_lint_fails_on_a_socket_whose_transport_is_not_loaded():
+    bad = GOOD.replace('loadmodule "proto_udp.so"\n', "")
+    assert _errors(bad) == ["opensips.cfg:1: socket 'udp:192.0.2.1:5060' needs loadmodule \"proto_udp.so\""]
+
+
+@pytest.mark.parametrize(
+    ("socket", "problem"),
+    [
+        ("udp:192.0.2.1", "missing port"),
+        ("sip:192.0.2.1:5060", "expected proto:address:port"),
+        ("udp:2001:db8::1:5060", "is not address:port (IPv6 goes in brackets)"),
+        ("udp:[2001:db8::zz]:5060", "is not an IPv6 address"),
+        ("udp:192.0.2.300:5060", "is not an IPv4 address"),
+        ("udp:192.0.2.1:5060 as", "unexpected 'as'"),
+    ],
+)
+def test_socket_problems_are_named(socket, problem):
+    assert problem in (socket_problem(socket) or "")
+
+
+def test_lint_fails_on_unbalanced_braces():
+    bad = GOOD.replace("route[relay] {", "route[relay] {{")
+    assert _errors(bad) == ["opensips.cfg:20: unbalanced braces: '{' is never closed"]
+    assert _errors(GOOD + "}\n") == ["opensips.cfg:28: unbalanced braces: '}' closes nothing"]
+
+
+def test_render_exits_2_naming_the_rendered_path_and_line_of_a_lint_error(cli, write_inventory, tmp_path):
+    # A user's own template beside the inventory overrides the packaged one, and breaks it.
+    inv = write_inventory("hosts:\n  a:\n    address: 192.0.2.1\n    roles: [proxy]\n")
+    packaged = Path(__file__).resolve().parent.parent / "templates/opensips/roles/common.j2"
+    override = tmp_path / "templates/opensips/roles/common.j2"
+    override.parent.mkdir(parents=True)
+    override.write_text(packaged.read_text().replace("sipmsg_validate()", "sipmsg_validat()"))
+    out = tmp_path / "out"
+    code, _, err = cli("render", "all", "-i", inv, "-o", out)
+    assert code == 2
+    cfg = out / "a/etc/opensips/opensips.cfg"
+    assert err.startswith(f"sipops: error: {cfg}:")
+    assert "unknown function sipmsg_validat()" in err
+    line = int(err.split(f"{cfg}:")[1].split(":")[0])
+    assert not cfg.exists()  # nothing written
+    assert line > 0
