@@ -1,0 +1,243 @@
+"""Command plans of the install phases, per OS and install method. Pure: facts and vars in, steps out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipops.opensips import SOURCE_PREFIX, OpenSIPSLayout
+from sipops.provision.osinfo import OsInfo
+from sipops.provision.steps import PhasePlan, Step, q
+
+# Newest release of each LTS line that sipops builds from source by default.
+DEFAULT_RELEASE = {"3.4": "3.4.18", "3.6": "3.6.8"}
+SOURCE_URL = "https://opensips.org/pub/opensips/{release}/opensips-{release}.tar.gz"
+APT_KEYRING = "/usr/share/keyrings/opensips-org.gpg"
+APT_KEY_URL = "https://apt.opensips.org/opensips-org.gpg"
+APT_LIST = "/etc/apt/sources.list.d/opensips.list"
+BUILD_MARKER = ".sipops-build"
+
+_BUILD_BASE = {
+    "apt": [
+        "gcc",
+        "make",
+        "bison",
+        "flex",
+        "pkg-config",
+        "libncurses-dev",
+        "libxml2-dev",
+        "libssl-dev",
+        "libcurl4-openssl-dev",
+        "tar",
+        "gzip",
+        "curl",
+    ],
+    "dnf": [
+        "gcc",
+        "make",
+        "bison",
+        "flex",
+        "pkgconf-pkg-config",
+        "ncurses-devel",
+        "libxml2-devel",
+        "openssl-devel",
+        "libcurl-devel",
+        "tar",
+        "gzip",
+        "curl",
+    ],
+}
+_BUILD_BASE["yum"] = [p.replace("pkgconf-pkg-config", "pkgconfig") for p in _BUILD_BASE["dnf"]]
+
+# Libraries a module needs at build time (only modules outside the default build have any).
+_MODULE_BUILD_DEPS: dict[str, dict[str, list[str]]] = {
+    "db_sqlite": {"apt": ["libsqlite3-dev"], "dnf": ["sqlite-devel"]},
+    "db_mysql": {"apt": ["default-libmysqlclient-dev"], "dnf": ["mariadb-connector-c-devel"]},
+    "db_postgres": {"apt": ["libpq-dev"], "dnf": ["libpq-devel"]},
+    "httpd": {"apt": ["libmicrohttpd-dev"], "dnf": ["libmicrohttpd-devel"]},
+    "json": {"apt": ["libjson-c-dev"], "dnf": ["json-c-devel"]},
+    "cachedb_redis": {"apt": ["libhiredis-dev"], "dnf": ["hiredis-devel"]},
+    "tls_openssl": {"apt": ["libssl-dev"], "dnf": ["openssl-devel"]},
+    "prometheus": {"apt": [], "dnf": []},
+}
+# Runtime package of the same libraries for package installs' module packages is pulled by apt/dnf.
+
+
+@dataclass(frozen=True)
+class InstallInputs:
+    """What the phases need from the inventory and the roles of one host."""
+
+    os: OsInfo
+    layout: OpenSIPSLayout
+    modules: tuple[str, ...]  # OpenSIPS modules the roles load
+    module_packages: tuple[str, ...]  # package names of those modules (package installs)
+    packages: tuple[str, ...]  # the roles' OS packages for this package manager
+    release: str  # full release for source builds, e.g. 3.6.8
+    source: str  # tarball URL or a local path on the operator's machine
+    yum_release_rpm: str  # URL of the opensips-yum-releases package (RHEL family)
+
+
+def _installed_test(pm: str, pkgs: list[str]) -> str:
+    if pm == "apt":
+        checks = [f"dpkg-query -W -f='${{Status}}' {q(p)} 2>/dev/null | grep -q 'ok installed'" for p in pkgs]
+    else:
+        checks = [f"rpm -q {q(p)}" for p in pkgs]
+    return " && ".join(checks) if checks else "true"
+
+
+def install_missing(pm: str, pkgs: list[str], what: str) -> Step:
+    """One step installing only the packages that are missing (one package-manager run)."""
+    pkgs = sorted(dict.fromkeys(pkgs))
+    words = " ".join(q(p) for p in pkgs)
+    if pm == "apt":
+        missing = (
+            f"missing=''; for p in {words}; do dpkg-query -W -f='${{Status}}' \"$p\" 2>/dev/null "
+            "| grep -q 'ok installed' || missing=\"$missing $p\"; done; "
+        )
+        run = (
+            missing + "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+            "--no-install-recommends $missing"
+        )
+    else:
+        missing = f'missing=\'\'; for p in {words}; do rpm -q "$p" >/dev/null 2>&1 || missing="$missing $p"; done; '
+        run = missing + f"{pm} install -y $missing"
+    return Step(f"install {what}: {' '.join(pkgs)}", run, unless=_installed_test(pm, pkgs))
+
+
+def dependencies(inp: InstallInputs) -> PhasePlan:
+    plan = PhasePlan("dependencies")
+    pkgs = [*inp.packages, "python3"]
+    if inp.os.family == "debian":
+        pkgs.append("python3-venv")
+    if inp.os.family == "rhel" and inp.os.pkg == "dnf":
+        plan.steps.append(Step("enable EPEL", "dnf install -y epel-release", unless="rpm -q epel-release"))
+    plan.steps.append(install_missing(inp.os.pkg, pkgs, "packages"))
+    return plan
+
+
+def opensips(inp: InstallInputs) -> PhasePlan:
+    method = inp.layout.install
+    if method == "package":
+        return _package(inp)
+    if method == "source":
+        return _source(inp)
+    return _existing(inp)
+
+
+def _package(inp: InstallInputs) -> PhasePlan:
+    plan = PhasePlan("opensips", note=f"OpenSIPS {inp.layout.version} from the official repository")
+    pkgs = ["opensips", *inp.module_packages]
+    if inp.os.pkg == "apt":
+        line = f"deb [signed-by={APT_KEYRING}] https://apt.opensips.org {inp.os.codename} {inp.layout.version}-releases"
+        plan.steps.append(
+            Step(
+                "repository key (signed-by keyring, not apt-key)",
+                f"curl -fsSL {q(APT_KEY_URL)} -o {APT_KEYRING}.tmp && mv {APT_KEYRING}.tmp {APT_KEYRING}",
+                unless=f"test -s {APT_KEYRING}",
+            )
+        )
+        plan.steps.append(
+            Step(
+                f"repository {inp.layout.version}-releases for {inp.os.codename}",
+                f"printf '%s\\n' {q(line)} > {APT_LIST}.tmp && mv {APT_LIST}.tmp {APT_LIST}",
+                unless=f"grep -qxF {q(line)} {APT_LIST}",
+            )
+        )
+    else:
+        plan.steps.append(
+            Step(
+                f"repository {inp.layout.version} releases for EL{inp.os.el}",
+                f"{inp.os.pkg} install -y {q(inp.yum_release_rpm)}",
+                unless="rpm -q opensips-yum-releases",
+            )
+        )
+    plan.steps.append(install_missing(inp.os.pkg, pkgs, "OpenSIPS"))
+    plan.steps.append(_version_check(inp.layout))
+    return plan
+
+
+def _version_check(layout: OpenSIPSLayout) -> Step:
+    want = f"opensips {layout.version}."
+    return Step(
+        f"OpenSIPS at {layout.bin} is {layout.version}",
+        f'echo "{layout.bin} reports: $({layout.bin} -V 2>&1 | head -n 1), expected {want}x" >&2; exit 1',
+        unless=f"{layout.bin} -V 2>&1 | grep -qF {q(want)}",
+    )
+
+
+def _source(inp: InstallInputs) -> PhasePlan:
+    plan = PhasePlan("opensips", note=f"OpenSIPS {inp.release} built into {SOURCE_PREFIX}")
+    pm = inp.os.pkg
+    deps = list(_BUILD_BASE[pm])
+    for m in inp.modules:
+        deps += _MODULE_BUILD_DEPS.get(m, {}).get("apt" if pm == "apt" else "dnf", [])
+    plan.steps.append(install_missing(pm, deps, "build dependencies"))
+    src_dir = "/usr/local/src"
+    tarball = f"{src_dir}/opensips-{inp.release}.tar.gz"
+    if inp.source.startswith(("http://", "https://")):
+        plan.steps.append(
+            Step(
+                f"download {inp.source}",
+                f"mkdir -p {src_dir} && curl -fsSL {q(inp.source)} -o {tarball}.tmp && mv {tarball}.tmp {tarball}",
+                unless=f"test -s {tarball}",
+            )
+        )
+    else:
+        plan.steps.append(
+            Step(
+                f"upload {inp.source}", f"test -s {tarball}", unless=f"test -s {tarball}", upload=(inp.source, tarball)
+            )
+        )
+    modules = " ".join(sorted(dict.fromkeys(inp.modules)))
+    stamp = f"{inp.release} {modules}"
+    marker = f"{SOURCE_PREFIX}/{BUILD_MARKER}"
+    build_dir = f"{src_dir}/opensips-{inp.release}"
+    make_args = f"prefix={SOURCE_PREFIX} include_modules={q(modules)}"
+    plan.steps.append(
+        Step(
+            f"build and install {inp.release} with {modules}",
+            f"rm -rf {build_dir} && mkdir -p {build_dir} && tar -xzf {tarball} -C {build_dir} --strip-components=1"
+            f' && cd {build_dir} && make -j"$(nproc)" all {make_args} && make install {make_args}'
+            f" && printf '%s\\n' {q(stamp)} > {marker}",
+            # Rebuild only when the release or the module set changed.
+            unless=f"test -x {inp.layout.bin} && grep -qxF {q(stamp)} {marker}",
+        )
+    )
+    plan.steps.append(_user_step(inp.layout))
+    plan.steps.append(_version_check(inp.layout))
+    return plan
+
+
+def _user_step(layout: OpenSIPSLayout) -> Step:
+    return Step(
+        f"system user {layout.user}",
+        f"useradd --system --user-group --home-dir /var/lib/opensips --shell /usr/sbin/nologin {layout.user}",
+        unless=f"id -u {layout.user}",
+    )
+
+
+def _existing(inp: InstallInputs) -> PhasePlan:
+    plan = PhasePlan("opensips", note=f"adopting the OpenSIPS install at {inp.layout.prefix}")
+    plan.steps.append(
+        Step(
+            f"OpenSIPS binary at {inp.layout.bin}",
+            f"echo 'no executable {inp.layout.bin}: set opensips_prefix to the install prefix' >&2; exit 1",
+            unless=f"test -x {inp.layout.bin}",
+        )
+    )
+    plan.steps.append(_user_step(inp.layout))
+    plan.steps.append(_version_check(inp.layout))
+    return plan
+
+
+def directories(layout: OpenSIPSLayout) -> PhasePlan:
+    """Runtime and data directories OpenSIPS writes to (its user must own them)."""
+    plan = PhasePlan("directories")
+    for path, owner in (("/var/lib/opensips", layout.user), (layout.cfg_dir, "root")):
+        plan.steps.append(
+            Step(
+                f"directory {path}",
+                f"install -d -m 0750 -o {owner} -g {layout.group} {path}",
+                unless=f"test -d {path}",
+            )
+        )
+    return plan
