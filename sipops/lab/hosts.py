@@ -38,10 +38,16 @@ def nspawn_argv(state: LabState, member: Member) -> list[str]:
     ]  # fmt: skip
 
 
+def console_log(state: LabState, member: Member) -> Path:
+    """Where a host's console goes; outside its layer, so it survives `down` for a post-mortem."""
+    return state.dir / "logs" / f"{member.name}.console.log"
+
+
 def start(state: LabState, member: Member) -> None:
     """Boot the host in the background (its own session, so it outlives `lab up`); record its pid."""
     env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
-    console = state.host_dir(member.name) / "console.log"
+    console = console_log(state, member)
+    console.parent.mkdir(parents=True, exist_ok=True)
     with open(console, "wb") as out:
         proc = subprocess.Popen(
             nspawn_argv(state, member),
@@ -164,7 +170,7 @@ def wait_ssh(state: LabState, members: list[Member], *, timeout: float = 60.0) -
     while waiting and time.monotonic() < deadline:
         for member in list(waiting):
             if not is_running(member):
-                log = state.host_dir(member.name) / "console.log"
+                log = console_log(state, member)
                 raise LabError(f"host {member.name} stopped while booting (console: {log})")
             if ssh_banner(member.address):
                 waiting.remove(member)
@@ -172,4 +178,4 @@ def wait_ssh(state: LabState, members: list[Member], *, timeout: float = 60.0) -
             time.sleep(0.2)
     if waiting:
         names = ", ".join(m.name for m in waiting)
-        raise LabError(f"sshd did not answer within {timeout:.0f}s on {names} (console: {state.dir / 'hosts'})")
+        raise LabError(f"sshd did not answer within {timeout:.0f}s on {names} (consoles: {state.dir / 'logs'})")

@@ -22,6 +22,7 @@ from sipops.lab.state import DEFAULT_NETWORK, DEFAULT_PREFIX, LabState, Member, 
 
 DEFAULT_DIR = Path("lab")
 _RELEASE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+_HOST_MOUNTS = tuple(Path(p) for p in ("/tmp", "/run", "/proc", "/sys", "/dev"))
 REQUIRED = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "ip": "iproute2"}
 
 
@@ -69,6 +70,10 @@ def _check_options(opts: UpOptions) -> Naming:
     prefix = opts.opensips_prefix
     if prefix is not None and (not prefix.is_absolute() or not prefix.is_dir() or prefix == Path("/")):
         message = f"must be an existing absolute directory other than /, got {str(prefix)!r}"
+        raise InputError(message, field="--opensips-prefix")
+    if prefix is not None and any(prefix.is_relative_to(p) for p in _HOST_MOUNTS):
+        # nspawn and systemd mount their own filesystems there, which would hide the copy.
+        message = f"{prefix} would be hidden inside the hosts (a tmpfs or API filesystem is mounted there)"
         raise InputError(message, field="--opensips-prefix")
     return Naming(opts.prefix, opts.network)
 

@@ -83,10 +83,10 @@ def database(layout: OpenSIPSLayout, db: DbUrl, schemas: list[str]) -> PhasePlan
         plan.steps.append(
             Step(
                 f"MySQL database {db.database} on {db.host}",
-                opts + f'mysql --defaults-extra-file="$f" -e {q(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")};'
-                ' rc=$?; rm -f "$f"; exit $rc',
-                unless=opts
-                + f'mysql --defaults-extra-file="$f" -e {q(f"USE `{db.database}`")}; rc=$?; rm -f "$f"; exit $rc',
+                opts
+                + f'mysql --defaults-extra-file="$f" -e {q(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")};'
+                + done,
+                unless=opts + f'mysql --defaults-extra-file="$f" -e {q(f"USE `{db.database}`")}' + done,
                 secret=True,
             )
         )
@@ -96,13 +96,13 @@ def database(layout: OpenSIPSLayout, db: DbUrl, schemas: list[str]) -> PhasePlan
             plan.steps.append(
                 Step(
                     f"MySQL table {table}",
-                    opts + f'mysql --defaults-extra-file="$f" {q(db.database)} < {path}; rc=$?; rm -f "$f"; exit $rc',
+                    opts + f'mysql --defaults-extra-file="$f" {q(db.database)} < {path}' + done,
                     unless=opts
                     + f'mysql --defaults-extra-file="$f" -N {q(db.database)} -e '
                     + q(f"SHOW TABLES LIKE '{table}'")
                     + " | grep -qx "
                     + q(table)
-                    + '; rc=$?; rm -f "$f"; exit $rc',
+                    + done,
                     secret=True,
                 )
             )
