@@ -84,7 +84,7 @@ def database(layout: OpenSIPSLayout, db: DbUrl, schemas: list[str]) -> PhasePlan
             Step(
                 f"MySQL database {db.database} on {db.host}",
                 opts
-                + f'mysql --defaults-extra-file="$f" -e {q(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")};'
+                + f'mysql --defaults-extra-file="$f" -e {q(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")}'
                 + done,
                 unless=opts + f'mysql --defaults-extra-file="$f" -e {q(f"USE `{db.database}`")}' + done,
                 secret=True,
