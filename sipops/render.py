@@ -60,7 +60,7 @@ def _is_ipv4(value: str) -> bool:
     return ":" not in str(value) and str(value)[:1].isdigit()
 
 
-def context(inv: Inventory, host: Host) -> dict[str, Any]:
+def context(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -> dict[str, Any]:
     """Variables templates see: the host's merged vars plus facts derived from the inventory."""
     v = dict(host.vars)
     osl = layout(v["opensips_version"], v["opensips_install"], v.get("opensips_prefix"), v.get("opensips_mpath"))
@@ -91,6 +91,15 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
         opensips=osl.as_dict(),
         fleet=fleet,
     )
+    env = env or environment(inv)
+    ports = []
+    for r in host.role_objs:
+        for p in r.ports:
+            port = _expr(env, p.port, v, f"{r.file} (ports)", host)
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise InputError(f"port '{port}' is not 1-65535 (host {host.name})", file=r.file, field="ports")
+            ports.append({"proto": p.proto, "port": int(port), "from": p.source, "comment": p.comment, "role": r.name})
+    v["firewall_ports"] = ports
     return v
 
 
@@ -144,15 +153,7 @@ def _expr(env: jinja2.Environment, text: str, ctx: dict[str, Any], where: str, h
 
 def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -> HostRender:
     env = env or environment(inv)
-    ctx = context(inv, host)
-    ports = []
-    for r in host.role_objs:
-        for p in r.ports:
-            port = _expr(env, p.port, ctx, f"{r.file} (ports)", host)
-            if not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise InputError(f"port '{port}' is not 1-65535 (host {host.name})", file=r.file, field="ports")
-            ports.append({"proto": p.proto, "port": int(port), "from": p.source, "comment": p.comment, "role": r.name})
-    ctx["firewall_ports"] = ports
+    ctx = context(inv, host, env)
     handlers: dict[str, str] = {}
     for r in host.role_objs:
         for name, cmd in r.handlers.items():

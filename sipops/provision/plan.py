@@ -73,7 +73,7 @@ def install_plan(
     """Every phase's steps, in order. Files (cfg, rsyslog, logrotate, limits, units, nft) go through push."""
     inp, ctx = inputs(inv, host, os)
     sockets = ctx["sip_sockets"]
-    ports = ctx["firewall_ports"] if "firewall_ports" in ctx else []
+    ports = ctx["firewall_ports"]
     udp = sorted({s["port"] for s in sockets if s["proto"] == "udp"})
     tcp = sorted({s["port"] for s in sockets if s["proto"] != "udp"} | set(ctx["extra_tcp_ports"]))
     private = sorted({p["port"] for p in ports if p["from"] == "allowlist"})
