@@ -91,6 +91,7 @@ def inventory_show(
     import json
 
     from sipops.inventory import load_inventory, resolve_inventory_path
+    from sipops.secrets import mask_value
 
     try:
         inv = load_inventory(resolve_inventory_path(inventory))
@@ -106,7 +107,7 @@ def inventory_show(
             "address": h.address,
             "roles": [r.name for r in h.role_objs],
             "groups": h.groups,
-            "vars": {k: {"value": h.vars[k], "from": str(h.origins[k])} for k in sorted(h.vars)},
+            "vars": {k: {"value": mask_value(k, h.vars[k]), "from": str(h.origins[k])} for k in sorted(h.vars)},
         }
         typer.echo(json.dumps(data, indent=2, default=str))
         return
@@ -114,7 +115,7 @@ def inventory_show(
     typer.echo(f"roles: {', '.join(r.name for r in h.role_objs)}   groups: {', '.join(h.groups) or '-'}")
     width = max(len(k) for k in h.vars) if h.vars else 0
     for k in sorted(h.vars):
-        value = json.dumps(h.vars[k], default=str)
+        value = json.dumps(mask_value(k, h.vars[k]), default=str)
         if len(value) > 70:
             value = value[:67] + "..."
         typer.echo(f"  {k:<{width}}  {value:<40}  <- {h.origins[k]}")
