@@ -43,9 +43,48 @@ def console_log(state: LabState, member: Member) -> Path:
     return state.dir / "logs" / f"{member.name}.console.log"
 
 
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def cgroup_dirs(member: Member) -> list[Path]:
+    """Per-host cgroups in the hierarchies systemd uses, under this process's own cgroup.
+
+    Hosts started with --keep-unit would otherwise share one cgroup, and their systemds then
+    create the same unit cgroups in it and trip over each other (units fail with 219/CGROUP).
+    """
+    if (CGROUP_FS / "cgroup.controllers").exists():
+        roots = {"": CGROUP_FS}  # pure cgroup v2
+    else:
+        roots = {"name=systemd": CGROUP_FS / "systemd", "": CGROUP_FS / "unified"}
+    dirs: list[Path] = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        root = roots.get(controllers)
+        if root is not None and root.is_dir():
+            dirs.append(root / path.lstrip("/") / member.netns)
+    return dirs
+
+
+def _enter_cgroups(dirs: list[Path]) -> None:
+    for directory in dirs:
+        directory.mkdir(exist_ok=True)
+        (directory / "cgroup.procs").write_text("0")  # 0 = the writing process (the child, pre-exec)
+
+
+def remove_cgroups(dirs: list[Path]) -> None:
+    """Remove a stopped host's cgroups, deepest first (its systemd may have left unit cgroups)."""
+    for top in dirs:
+        if not top.is_dir():
+            continue
+        for directory, _, _ in sorted(os.walk(top, topdown=False), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+
 def start(state: LabState, member: Member) -> None:
     """Boot the host in the background (its own session, so it outlives `lab up`); record its pid."""
     env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
+    cgroups = cgroup_dirs(member)
     console = console_log(state, member)
     console.parent.mkdir(parents=True, exist_ok=True)
     with open(console, "wb") as out:
@@ -56,6 +95,7 @@ def start(state: LabState, member: Member) -> None:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=lambda: _enter_cgroups(cgroups),
         )
     member.pid = proc.pid
     try:
@@ -140,6 +180,7 @@ def stop(state: LabState, members: Iterable[Member], *, timeout: float = 30.0) -
         member.pid = None
         member.pid_started = None
         shutil.rmtree(PROPAGATE_DIR / member.netns, ignore_errors=True)
+        remove_cgroups(cgroup_dirs(member))
     state.save()
 
 

@@ -28,8 +28,10 @@ def ensure_guard_route(state: LabState) -> None:
 
 
 def remove_guard_route(state: LabState) -> None:
-    """Remove the guard route only if this lab added it."""
-    if state.route_added and guard_route_present():
+    """Remove the guard route only if this lab added it and no other lab still uses the range."""
+    # Another lab (another --dir) may have come up while ours held the route: it did not record
+    # adding it, so keeping it is the safe side (its links must never be without it).
+    if state.route_added and guard_route_present() and not addresses_in(GUARD_NETWORK):
         run(["ip", "route", "del", "unreachable", str(GUARD_NETWORK)])
     state.route_added = False
 

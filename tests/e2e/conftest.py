@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -67,6 +68,21 @@ class Lab:
         state = self.state
         argv = exec_argv(state, state.member(name), list(command))
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+E2E_LOCK = Path("/run/lock/sipops-e2e.lock")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_e2e_session_per_machine() -> Iterator[None]:
+    """Two pytest runs on one machine would create the same lab names: the second one waits."""
+    if lab_skip_reason():
+        yield
+        return
+    E2E_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(E2E_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

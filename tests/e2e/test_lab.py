@@ -51,6 +51,8 @@ def _leftovers(state: LabState, root_parent: Path) -> list[str]:
         cmd = " ".join(proc.info["cmdline"] or [])
         if proc.info["status"] != psutil.STATUS_ZOMBIE and (str(root_parent) in cmd or f" {prefix}h" in cmd):
             found.append(f"process {proc.pid} {cmd}")
+    for member in state.hosts():
+        found += [f"cgroup {d}" for d in lab_hosts.cgroup_dirs(member) if d.exists()]
     propagate = lab_hosts.PROPAGATE_DIR
     if propagate.is_dir():
         found += [f"folder {propagate / n}" for n in os.listdir(propagate) if n.startswith(prefix)]
