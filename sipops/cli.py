@@ -121,15 +121,60 @@ def inventory_show(
         typer.echo(f"  {k:<{width}}  {value:<40}  <- {h.origins[k]}")
 
 
-def _mount_optional() -> None:
+ForksOpt = Annotated[int, typer.Option("--forks", min=1, help="Hosts worked on in parallel")]
+AcceptNewOpt = Annotated[
+    bool, typer.Option("--accept-new-host-key", help="Record unknown host keys (changed keys are still refused)")
+]
+
+
+@app.command()
+def service(
+    action: Annotated[str, typer.Argument(help="start | stop | restart | reload | status")],
+    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    inventory: InventoryOpt = None,
+    forks: ForksOpt = 10,
+    accept_new_host_key: AcceptNewOpt = False,
+) -> None:
+    """Start, stop, restart, reload or show the OpenSIPS service on hosts (in parallel)."""
+    from sipops.inventory import load_inventory, resolve_inventory_path
+    from sipops.provision.service_cli import ACTIONS, run_service
+    from sipops.types import suggest
+
     try:
-        from sipops.lab.cli import app as lab_app
-    except ImportError:
-        return
-    app.add_typer(lab_app, name="lab")
+        if action not in ACTIONS:
+            raise InputError(f"unknown action '{action}'{suggest(action, list(ACTIONS))}", field="ACTION")
+        inv = load_inventory(resolve_inventory_path(inventory))
+        inv.select(targets)
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(run_service(inv, targets, action, forks, accept_new_host_key))
 
 
-_mount_optional()
+@app.command()
+def logs(
+    host: Annotated[str, typer.Argument(help="Host name")],
+    inventory: InventoryOpt = None,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops)")] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines", min=1, help="Lines to show")] = 50,
+    accept_new_host_key: AcceptNewOpt = False,
+) -> None:
+    """Show the OpenSIPS log of HOST (its log_file, /var/log/opensips.log by default)."""
+    from sipops.inventory import load_inventory, resolve_inventory_path
+    from sipops.provision.service_cli import run_logs
+
+    try:
+        inv = load_inventory(resolve_inventory_path(inventory))
+        inv.select([host])  # an unknown name: one line with a did-you-mean
+        if host not in inv.hosts:
+            raise InputError(f"'{host}' is a group; name one host", file=inv.file, field="HOST")
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(run_logs(inv.hosts[host], lines, follow, accept_new_host_key))
+
+
+from sipops.lab.cli import app as lab_app  # noqa: E402
+
+app.add_typer(lab_app, name="lab")
 
 
 def run() -> None:
