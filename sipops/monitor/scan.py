@@ -13,7 +13,7 @@ ConnectionTable one scan:
   counts       dict[ConnKey, int]             sockets per (local port, state, remote ip)
   new          dict[tuple[int, str], int]     per (local port, remote ip): sockets whose cookie was not
                                               in `known` (empty when known is None, i.e. the first poll)
-  ports        dict[int, PortStats]           per local port totals
+  ports        dict[int, PortStats]           per local port totals (a property: built on first use)
   cookies      collections.abc.Set[int]       idiag_cookie of every socket seen: pass as `known` next poll
   netstat      TcpExtCounters | None
   source       "netlink" | "proc"; fallback is True (and fallback_reason says why) when netlink was refused
@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
@@ -74,6 +74,7 @@ _ALIASES = {"ESTAB": "ESTABLISHED", "SYN_RECEIVED": "SYN_RECV", "FIN_WAIT_1": "F
 CONNECTED_STATES = frozenset(TcpState) - {TcpState.LISTEN, TcpState.CLOSE}  # the default scan: no listeners
 
 ConnKey = tuple[int, TcpState, str]
+_STATE_BY_NUMBER = {**{int(s): s for s in TcpState}, 12: TcpState.SYN_RECV}  # 12: NEW_SYN_RECV
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,19 +112,28 @@ class TcpExtCounters:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConnectionTable:
     """One scan: see the module docstring."""
 
     counts: dict[ConnKey, int]
     new: dict[tuple[int, str], int]
-    ports: dict[int, PortStats]
     cookies: AbstractSet[int]
     netstat: TcpExtCounters | None
     source: str  # "netlink" or "proc"
     fallback_reason: str | None
     taken_at: float
     elapsed: float
+    _ports: dict[int, PortStats] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ports(self) -> dict[int, PortStats]:
+        """Per local port totals; built on first use (a scan without port filter has a port per
+        outgoing connection, which the hot path should not pay for)."""
+        if self._ports is None:
+            object.__setattr__(self, "_ports", _port_stats(self.counts, self.new))
+        assert self._ports is not None
+        return self._ports
 
     @property
     def fallback(self) -> bool:
@@ -185,7 +195,6 @@ def scan(
     return ConnectionTable(
         counts=counts,
         new=new,
-        ports=_port_stats(counts, new),
         cookies=seen,
         netstat=netstat_counters,
         source="netlink" if reason is None else "proc",
@@ -201,20 +210,29 @@ def _scan_netlink(
     counts: dict[ConnKey, int] = {}
     new: Counter[tuple[int, str]] = Counter()
     seen: set[int] = set()
+    ntohs, states = socket.ntohs, _STATE_BY_NUMBER
     with sockdiag.open_socket() as sk:
         for fam in fams:
             tally = sockdiag.Tally(cookies=seen)
             sockdiag.count(fam, mask, ports, tally, known=known, cookies=cookies, sock=sk)
-            names: dict[bytes, str] = {}
-            for (raw_port, state, addr), n in tally.counts.items():
-                ip = names.get(addr)
-                if ip is None:
-                    ip = names[addr] = address_text(fam, addr)
-                key = (socket.ntohs(raw_port), TcpState(state if state != 12 else 3), ip)
+            names = {addr: address_text(fam, addr) for addr in {key[2] for key in tally.counts}}
+            part = {(ntohs(p), states[s], names[a]): n for (p, s, a), n in tally.counts.items()}
+            if len(part) != len(tally.counts):  # NEW_SYN_RECV and SYN_RECV, or v4 and v4-mapped, met
+                part = dict(_merge(((ntohs(p), states[s], names[a]), n) for (p, s, a), n in tally.counts.items()))
+            if len(part) > len(counts):
+                counts, part = part, counts
+            for key, n in part.items():
                 counts[key] = counts.get(key, 0) + n
             for (raw_port, _state, addr), n in tally.new.items():
-                new[(socket.ntohs(raw_port), names.get(addr) or address_text(fam, addr))] += n
+                new[(ntohs(raw_port), names[addr])] += n
     return counts, dict(new), seen
+
+
+def _merge(pairs: Iterable[tuple[ConnKey, int]]) -> Counter[ConnKey]:
+    out: Counter[ConnKey] = Counter()
+    for key, n in pairs:
+        out[key] += n
+    return out
 
 
 def address_text(family: int, addr: bytes) -> str:
@@ -321,7 +339,6 @@ def table_from_dict(data: Mapping[str, Any]) -> ConnectionTable:
     return ConnectionTable(
         counts=counts,
         new=new,
-        ports=_port_stats(counts, new),
         cookies=frozenset(data.get("cookies") or ()),
         netstat=netstat,
         source=str(data["source"]),
