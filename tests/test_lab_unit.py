@@ -98,17 +98,32 @@ def test_inventory_is_yaml_in_the_sipops_format(tmp_path: Path) -> None:
         "key": "ssh/id_ed25519",
         "known_hosts": "ssh/known_hosts",
     }
+    gateway = {"port": 5060, "set": 1, "kind": "media"}
     assert data["hosts"] == {
-        "h1": {"address": "198.18.0.2", "roles": ["proxy"]},
-        "h2": {"address": "198.18.0.3", "roles": ["proxy"]},
-        "h3": {"address": "198.18.0.4", "roles": ["proxy"]},
+        "h1": {"address": "198.18.0.2", "roles": ["registrar", "proxy"]},
+        "h2": {"address": "198.18.0.3", "roles": ["registrar", "proxy"]},
+        "h3": {
+            "address": "198.18.0.4",
+            "roles": ["loadbalancer"],
+            "vars": {
+                "gateways": [
+                    {"name": "h1", "address": "198.18.0.2", **gateway},
+                    {"name": "h2", "address": "198.18.0.3", **gateway},
+                ]
+            },
+        },
     }
-    assert "vars" not in data["defaults"]
+    # this machine (the bridge) is the operator: allowlisted on every host
+    assert data["defaults"]["vars"] == {"allowlist": ["198.18.0.1/32"]}
 
 
 def test_opensips_prefix_becomes_an_existing_install_in_the_inventory(tmp_path: Path) -> None:
     data = yaml.safe_load(inventory_text(_state(tmp_path, opensips_prefix=Path("/opt/opensips"))))
-    assert data["defaults"]["vars"] == {"opensips_install": "existing", "opensips_prefix": "/opt/opensips"}
+    assert data["defaults"]["vars"] == {
+        "allowlist": ["198.18.0.1/32"],
+        "opensips_install": "existing",
+        "opensips_prefix": "/opt/opensips",
+    }
 
 
 def test_written_inventory_loads_with_the_inventory_module(tmp_path: Path) -> None:

@@ -20,22 +20,41 @@ def known_hosts_text(keys: dict[str, str]) -> str:
 
 
 def host_roles(index: int, count: int) -> list[str]:
-    """Roles of lab host `index` (1-based) in a lab of `count` hosts."""
-    # TODO(lab-roles): h1/h2 get [registrar, proxy] and h3 [loadbalancer] with a `gateways` var
-    # (pointing at h1/h2) once the loadbalancer role defines that variable's format.
-    return ["proxy"]
+    """Roles of lab host `index` (1-based) in a lab of `count` hosts: the last of three or more
+    is a load balancer, the others registrar/proxy edge nodes (the field's usual fleet)."""
+    if count >= 3 and index == count:
+        return ["loadbalancer"]
+    return ["registrar", "proxy"]
+
+
+def _host_entry(index: int, hosts: list[Any]) -> dict[str, Any]:
+    member = hosts[index - 1]
+    roles = host_roles(index, len(hosts))
+    entry: dict[str, Any] = {"address": member.address, "roles": roles}
+    if roles == ["loadbalancer"]:
+        # The edge nodes stand in for media servers: gateways the balancer probes and fails over between.
+        entry["vars"] = {
+            "gateways": [
+                {"name": m.name, "address": m.address, "port": 5060, "set": 1, "kind": "media"}
+                for m in hosts[:-1]
+            ]
+        }
+    return entry
 
 
 def inventory_data(state: LabState) -> dict[str, Any]:
+    hosts = state.hosts()
+    # This machine is the lab's operator: allowlisted (never banned, reaches MI) on every host.
+    operator = state.naming.bridge_address
     defaults: dict[str, Any] = {
         "ssh": {"user": "root", "port": 22, "key": str(CLIENT_KEY), "known_hosts": str(KNOWN_HOSTS)},
+        "vars": {"allowlist": [f"{operator}/32"]},
     }
     if state.opensips_prefix:
-        defaults["vars"] = {"opensips_install": "existing", "opensips_prefix": state.opensips_prefix}
-    hosts = state.hosts()
+        defaults["vars"].update(opensips_install="existing", opensips_prefix=state.opensips_prefix)
     return {
         "defaults": defaults,
-        "hosts": {m.name: {"address": m.address, "roles": host_roles(i, len(hosts))} for i, m in enumerate(hosts, 1)},
+        "hosts": {m.name: _host_entry(i, hosts) for i, m in enumerate(hosts, 1)},
     }
 
 
