@@ -224,3 +224,14 @@ def test_state_json_is_plain_json(tmp_path: Path) -> None:
     state.save()
     data = json.loads((tmp_path / "state.json").read_text())
     assert data["version"] == 1 and data["members"][0]["netns"] == "sipl-h1"
+
+
+def test_the_lab_dir_is_absolute_so_mounts_match_proc_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `lab down` from the default ./lab left overlays mounted: mount options held relative paths
+    # that never matched /proc/mounts, so the layers were not unmounted before their removal.
+    from sipops.lab.lifecycle import lab_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SIPOPS_LAB_DIR", raising=False)
+    assert lab_dir(None) == tmp_path / "lab"
+    assert lab_dir(Path("x")) == tmp_path / "x"

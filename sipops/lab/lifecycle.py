@@ -27,10 +27,10 @@ REQUIRED = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
 
 
 def lab_dir(given: Path | None) -> Path:
-    """--dir, else $SIPOPS_LAB_DIR, else ./lab."""
+    """--dir, else $SIPOPS_LAB_DIR, else ./lab; always absolute (mount options and /proc/mounts use it)."""
     if given is not None:
-        return given
-    return Path(os.environ.get("SIPOPS_LAB_DIR") or DEFAULT_DIR)
+        return given.absolute()
+    return Path(os.environ.get("SIPOPS_LAB_DIR") or DEFAULT_DIR).absolute()
 
 
 def preflight(*, need: tuple[str, ...] = tuple(REQUIRED)) -> None:
