@@ -7,7 +7,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import fabric
 import paramiko
@@ -107,7 +107,7 @@ def known_hosts_path(host: HostLike) -> Path:
 _APPEND_LOCK = threading.Lock()
 
 
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc,unused-ignore]
     """Like OpenSSH's StrictHostKeyChecking=accept-new: record unknown keys; changed keys still fail."""
 
     def __init__(self, path: Path) -> None:
@@ -122,7 +122,7 @@ class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-class _StrictClient(paramiko.SSHClient):  # type: ignore[misc]
+class _StrictClient(paramiko.SSHClient):  # type: ignore[misc,unused-ignore]
     """An SSHClient that turns paramiko's host-key failures into HostKeyError."""
 
     def __init__(self, host: HostLike, known_hosts: Path) -> None:
@@ -130,7 +130,7 @@ class _StrictClient(paramiko.SSHClient):  # type: ignore[misc]
         self._sipops_host = host
         self._sipops_known_hosts = known_hosts
 
-    def connect(self, *args: object, **kwargs: object) -> None:
+    def connect(self, *args: Any, **kwargs: Any) -> None:
         host, path = self._sipops_host, self._sipops_known_hosts
         try:
             super().connect(*args, **kwargs)
