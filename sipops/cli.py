@@ -172,6 +172,35 @@ def logs(
     raise typer.Exit(run_logs(inv.hosts[host], lines, follow, accept_new_host_key))
 
 
+@app.command()
+def conns(
+    targets: Annotated[list[str] | None, typer.Argument(help="Hosts, groups or 'all' [default: this machine]")] = None,
+    inventory: InventoryOpt = None,
+    port: Annotated[list[str] | None, typer.Option("--port", "-p", help="Local port (repeat, or a,b)")] = None,
+    state: Annotated[list[str] | None, typer.Option("--state", "-s", help="TCP state: estab, syn-recv, …")] = None,
+    top: Annotated[str, typer.Option("--top", help="Top remote IPs per port")] = "5",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    limits: Annotated[bool, typer.Option("--limits", help="OpenSIPS fds and tcp_max_connections usage")] = False,
+) -> None:
+    """TCP connections per port × state, top remote IPs and owning processes (local, or on HOST over SSH)."""
+    from sipops.monitor.conns_cli import conns as run_conns
+
+    try:
+        code = run_conns(
+            targets,
+            inventory=inventory,
+            ports=port,
+            states=state,
+            top=top,
+            as_json=as_json,
+            show_limits=limits,
+            out=sys.stdout,
+        )
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(code)
+
+
 from sipops.lab.cli import app as lab_app  # noqa: E402
 
 app.add_typer(lab_app, name="lab")

@@ -85,6 +85,33 @@ def read_tcp(
     return tally
 
 
+def read_listeners() -> list[dict[str, object]]:
+    """Listening sockets from /proc/net/tcp{,6} (no backlog size there: reported as 0)."""
+    found: list[dict[str, object]] = []
+    for path in _PROC_FILES.values():
+        try:
+            with open(path) as fh:
+                lines = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A":
+                continue
+            local = fields[1]
+            queued = int(fields[4].split(":")[1], 16)
+            found.append(
+                {
+                    "port": int(local[-4:], 16),
+                    "address": _ip(local[:-5]),
+                    "queued": queued,
+                    "backlog": 0,
+                    "inode": int(fields[9]),
+                }
+            )
+    return found
+
+
 def read_tcpext(path: str = "/proc/net/netstat") -> dict[str, int] | None:
     """Every TcpExt counter by name, or None when the file cannot be read."""
     try:

@@ -181,12 +181,14 @@ def scan(
     counts: dict[ConnKey, int] = {}
     new: dict[tuple[int, str], int] = {}
     seen: AbstractSet[int] = frozenset()
-    if not force_proc:
+    if port_list == []:  # no port asked for: nothing to read (an empty filter would mean all)
+        reason, force_proc = None, True
+    elif not force_proc:
         try:
             counts, new, seen = _scan_netlink(fams, mask, port_list, known, cookies)
         except sockdiag.NetlinkRefused as exc:
             reason = str(exc)
-    if reason is not None:
+    if reason is not None and port_list != []:
         pt = procnet.read_tcp(fams, mask, port_list, known=known, cookies=cookies)
         counts = {(p, TcpState(s), ip): n for (p, s, ip), n in pt.counts.items()}
         new = pt.new

@@ -1,0 +1,74 @@
+"""Run the scanner on a host that may not have sipops: ship its sources to `python3 -`, read JSON back.
+
+One SSH round trip: the script (the stdlib-only scanner modules plus a bootstrap that registers
+them as sipops.monitor.*) goes on stdin, the parameters as one argument, the report comes back
+as one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Protocol
+
+# Order matters: each module only imports the ones before it.
+SHIPPED = ("sockdiag", "procnet", "scan", "report")
+_HERE = Path(__file__).resolve().parent
+_MARK = "SIPOPS-REPORT "
+
+_BOOTSTRAP = """
+import json, sys, types
+for _name in ("sipops", "sipops.monitor"):
+    _pkg = types.ModuleType(_name)
+    _pkg.__path__ = []
+    sys.modules[_name] = _pkg
+for _short, _src in _SOURCES:
+    _name = "sipops.monitor." + _short
+    _mod = types.ModuleType(_name)
+    _mod.__file__ = "<sipops " + _name + ">"
+    sys.modules[_name] = _mod
+    exec(compile(_src, _mod.__file__, "exec"), _mod.__dict__)
+    setattr(sys.modules["sipops.monitor"], _short, _mod)
+from sipops.monitor.report import build_report
+print(@MARK@ + json.dumps(build_report(json.loads(sys.argv[1]))))
+""".replace("@MARK@", repr(_MARK))
+
+
+class Runner(Protocol):
+    """What run_report needs from a fabric.Connection."""
+
+    def run(self, command: str, **kwargs: Any) -> Any: ...
+
+
+class RemoteError(Exception):
+    """The scan on the host failed; the message says how (one line)."""
+
+
+def script() -> str:
+    """The Python program sent to the host."""
+    sources = [(name, (_HERE / f"{name}.py").read_text()) for name in SHIPPED]
+    return f"_SOURCES = {sources!r}\n{_BOOTSTRAP}"
+
+
+def parse_output(stdout: str) -> dict[str, Any]:
+    """The report from the program's stdout (the line after the marker)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_MARK):
+            report: dict[str, Any] = json.loads(line[len(_MARK) :])
+            return report
+    raise RemoteError("no report in the output of the remote scan")
+
+
+def run_report(conn: Runner, params: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    """Run the scanner on the host behind `conn` (python3 needed there, nothing else)."""
+    command = f"python3 - {shlex.quote(json.dumps(params))}"
+    result = conn.run(command, in_stream=io.StringIO(script()), hide=True, warn=True, timeout=timeout)
+    if result.exited != 0:
+        lines = (result.stderr or "").strip().splitlines()
+        detail = lines[-1] if lines else f"exit status {result.exited}"
+        if result.exited == 127:
+            detail = "python3 not found on the host"
+        raise RemoteError(f"remote scan failed: {detail}")
+    return parse_output(result.stdout)
