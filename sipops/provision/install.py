@@ -1,0 +1,206 @@
+"""`sipops install HOST`: every phase from a bare host to a running, checked OpenSIPS.
+
+Each phase is one round trip (its steps run as one script on the host) and reports per step:
+ok (nothing to do), changed, would (--check) or failed with the lines that explain it.
+Managed files (opensips.cfg, rsyslog, logrotate, limits, units, firewall) go through the push
+engine, so they are validated on the host and swapped atomically like any later change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sipops.sip
+from sipops.inventory import Host, Inventory, Origin
+from sipops.provision import agent, plan
+from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
+from sipops.provision.runner import InstallFacts, Runner, gather, run_steps
+from sipops.provision.steps import PhasePlan, Step, StepResult, q
+
+WHEEL_CACHE = Path("~/.cache/sipops/wheelhouse").expanduser()
+
+
+@dataclass
+class PhaseReport:
+    name: str
+    results: list[StepResult] = field(default_factory=list)
+    note: str = ""
+    error: str = ""  # the phase could not run at all (facts, OS, wheelhouse…)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error) or any(r.status == "failed" for r in self.results)
+
+    @property
+    def changed(self) -> bool:
+        return any(r.status in ("changed", "would") for r in self.results)
+
+
+@dataclass
+class InstallReport:
+    host: str
+    phases: list[PhaseReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.failed for p in self.phases)
+
+    @property
+    def changed(self) -> bool:
+        return any(p.changed for p in self.phases)
+
+    @property
+    def reason(self) -> str:
+        for p in self.phases:
+            if p.error:
+                return f"{p.name}: {p.error}"
+            for r in p.results:
+                if r.status == "failed":
+                    return f"{p.name}: {r.name}"
+        return ""
+
+
+# The files phase: push the host's rendered files (validated, atomic); the push engine provides it.
+PushFiles = Callable[[Host, bool], PhaseReport]
+
+
+def with_operator_allowed(host: Host, facts: InstallFacts) -> Host:
+    """The operator's own SSH source joins the allowlist: the firewall can never lock it out."""
+    src = facts.ssh_client
+    if not src:
+        return host
+    cidr = f"{src}/128" if ":" in src else f"{src}/32"
+    allow = list(host.vars.get("allowlist") or [])
+    if cidr in allow:
+        return host
+    new_vars = {**host.vars, "allowlist": [*allow, cidr]}
+    origins = {**host.origins, "allowlist": Origin("sipops install (operator's SSH source added)", "-", 0)}
+    return dataclasses.replace(host, vars=new_vars, origins=origins)
+
+
+def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
+    """Process up, every socket listening, SIP OPTIONS answered on each: run on the host."""
+    probe = inspect.getsource(sipops.sip) + (
+        "\nimport sys\nbad = 0\n"
+        "for spec in sys.argv[1:]:\n"
+        "    proto, _, rest = spec.partition(':')\n"
+        "    addr, _, port = rest.rpartition(':')\n"
+        "    res = options_ping(proto, addr.strip('[]'), int(port), timeout=3.0)\n"
+        "    print(res.describe())\n"
+        "    bad += not res.alive\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    targets = " ".join(q(f"{s['proto']}:{s['address']}:{s['port']}") for s in sockets if s["proto"] in ("udp", "tcp"))
+    return PhasePlan(
+        "verify",
+        steps=[
+            Step(
+                "opensips process up",
+                "pgrep -x opensips >/dev/null || { echo 'no opensips process'; exit 1; }",
+                verify=True,
+            ),
+            Step(f"SIP OPTIONS answered on {targets}", f"python3 -c {q(probe)} {targets}", verify=True),
+        ],
+    )
+
+
+def install_host(
+    inv: Inventory,
+    host: Host,
+    runner: Runner,
+    *,
+    check: bool,
+    push_files: PushFiles,
+    log: Callable[[str], None] = print,
+) -> InstallReport:
+    report = InstallReport(host.name)
+
+    def record(phase: PhaseReport) -> bool:
+        report.phases.append(phase)
+        log(format_phase(host.name, phase))
+        return not phase.failed
+
+    try:
+        facts = gather(runner)
+    except Exception as exc:  # unreachable, auth, host key: this host fails alone
+        record(PhaseReport("facts", error=f"{type(exc).__name__}: {exc}"))
+        return report
+    try:
+        osinfo = detect(parse_os_release(facts.os_release))
+    except UnsupportedOS as exc:
+        record(PhaseReport("os", error=str(exc)))
+        return report
+    if not facts.systemd:
+        record(PhaseReport("os", error="systemd is not running on the host (sipops manages services with it)"))
+        return report
+    record(PhaseReport("os", note=f"{osinfo.pretty} ({osinfo.pkg}, firewall: {osinfo.firewall})"))
+    host = with_operator_allowed(host, facts)
+    backend = plan.firewall_backend(osinfo, facts.has_nft, facts.firewalld)
+    marker = f"sipops install probe {secrets.token_hex(6)}"
+    phases = plan.install_plan(inv, host, osinfo, firewall=backend, log_marker=marker)
+    by_name = {p.name: p for p in phases}
+    order = [
+        "dependencies",
+        "opensips",
+        "directories",
+        "sipops agent",
+        "files",
+        "database",
+        "firewall",
+        "logging",
+        "service",
+        "verify",
+    ]
+    ctx_sockets = plan.inputs(inv, host, osinfo)[1]["sip_sockets"]
+    for name in order:
+        if name == "sipops agent":
+            try:
+                tar, stamp = agent.build_wheelhouse(WHEEL_CACHE, facts.python or "3", facts.arch)
+            except agent.WheelhouseError as exc:
+                if not record(PhaseReport(name, error=str(exc))):
+                    return report
+                continue
+            phase: PhasePlan | None = agent.agent_phase(tar, stamp)
+        elif name == "files":
+            if not record(push_files(host, check)):
+                return report
+            continue
+        elif name == "verify":
+            if check:
+                record(PhaseReport(name, note="skipped in --check"))
+                continue
+            phase = verify_phase(host, ctx_sockets)
+        else:
+            phase = by_name.get(name)
+        if phase is None:
+            continue
+        results = run_steps(runner, phase.steps, check=check) if phase.steps else []
+        if not record(PhaseReport(name, results, phase.note)):
+            return report
+    return report
+
+
+def format_phase(host: str, phase: PhaseReport) -> str:
+    lines = []
+    if phase.error:
+        lines.append(f"{host}: {phase.name}: FAILED: {phase.error}")
+        return "\n".join(lines)
+    counts: dict[str, int] = {}
+    for r in phase.results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do"
+    head = f"{host}: {phase.name}: {'FAILED' if phase.failed else summary}"
+    if phase.note:
+        head += f" ({phase.note})"
+    lines.append(head)
+    for r in phase.results:
+        if r.status in ("changed", "would", "failed"):
+            lines.append(f"    {r.status:<7} {r.name}")
+        if r.status == "failed" and r.output:
+            lines += [f"        | {line}" for line in r.output.splitlines()[-30:]]
+    return "\n".join(lines)
