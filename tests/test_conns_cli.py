@@ -1,0 +1,192 @@
+"""`sipops conns`: table and JSON from real loopback sockets, the shipped remote script, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cli
+
+from sipops.monitor import remote
+from sipops.monitor.remote import RemoteError, parse_output, script
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A loopback listener on an ephemeral port with 3 connections from 127.0.0.2 and 1 from 127.0.0.3."""
+    with ExitStack() as stack:
+        lsn = stack.enter_context(socket.socket())
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(16)
+        clients = []
+        for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.2"):
+            cli = stack.enter_context(socket.socket())
+            cli.settimeout(5)
+            cli.bind((source, 0))
+            cli.connect(lsn.getsockname())
+            stack.enter_context(lsn.accept()[0])
+            clients.append(cli)
+        yield lsn.getsockname()[1], clients
+
+
+def test_json_shows_the_port_its_states_and_top_remote_ips(cli: Cli, served: tuple[int, list[socket.socket]]) -> None:
+    port, _ = served
+    code, out, _err = cli("conns", "--port", str(port), "--json")
+    assert code == 0
+    [report] = json.loads(out)
+    [row] = report["ports"]
+    assert report["source"] == "netlink"
+    assert (row["port"], row["total"], row["states"], row["remote_ips"]) == (port, 4, {"ESTAB": 4}, 2)
+    assert row["top"][0] == {"ip": "127.0.0.2", "count": 3, "states": {"ESTAB": 3}}
+    [lsn] = row["listeners"]
+    assert lsn["address"] == "127.0.0.1" and lsn["backlog"] == 16
+    assert any(sys.executable.endswith(p["name"]) or p["name"].startswith("python") for p in lsn["processes"])
+
+
+def test_table_lists_ports_states_and_top_ips(cli: Cli, served: tuple[int, list[socket.socket]]) -> None:
+    port, _ = served
+    code, out, _err = cli("conns", "-p", str(port), "--top", "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].split()[:3] == ["PORT", "PROCESS", "TOTAL"] and "ESTAB" in lines[1]
+    assert lines[2].split()[0] == str(port) and lines[2].split()[2] == "4"
+    assert f"{port}  127.0.0.2" in out and "127.0.0.3" not in out  # --top 1
+
+
+def test_state_filter_leaves_other_states_out(cli: Cli, served: tuple[int, list[socket.socket]]) -> None:
+    port, clients = served
+    clients[2].close()  # 127.0.0.3's server end goes to CLOSE_WAIT
+    code, out, _err = cli("conns", "-p", str(port), "--state", "close-wait", "--json")
+    assert code == 0
+    [row] = json.loads(out)[0]["ports"]
+    assert row["states"] == {"CLOSE-WAIT": 1} and row["top"][0]["ip"] == "127.0.0.3"
+
+
+def test_limits_reports_tcp_connections_per_port(cli: Cli, served: tuple[int, list[socket.socket]]) -> None:
+    port, _ = served
+    code, out, _err = cli("conns", "-p", str(port), "--limits", "--json")
+    assert code == 0
+    lim = json.loads(out)[0]["limits"]
+    assert lim["per_port"] == {str(port): 4} and lim["tcp_connections"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "--port: not a TCP port (1-65535): '70000'"),
+        (["--port", "sip"], "--port: not a TCP port"),
+        (["--state", "half-open"], "--state: unknown TCP state 'half-open'"),
+        (["--top", "0"], "--top: expected a count from 1"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(cli: Cli, args: list[str], message: str) -> None:
+    code, out, err = cli("conns", *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_unknown_host_is_bad_input(cli: Cli, write_inventory: Callable[[str], Path]) -> None:
+    inv = write_inventory(
+        """
+        hosts:
+          sip1: {address: 198.18.0.10, roles: [proxy]}
+        """
+    )
+    code, _out, err = cli("conns", "sip2", "-i", inv)
+    assert code == 2 and "no host or group named 'sip2'" in err
+
+
+class LocalShellDouble:
+    """Stands in for a fabric Connection: runs the command in a local shell (no SSH here)."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.commands: list[str] = []
+
+    def __enter__(self) -> LocalShellDouble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        self.commands.append(command)
+        proc = subprocess.run(
+            command, shell=True, input=kwargs["in_stream"].read(), capture_output=True, text=True, timeout=60
+        )
+        return type("Result", (), {"exited": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})()
+
+
+def test_remote_host_gets_the_scanner_shipped_and_its_inventory_limit(
+    cli: Cli,
+    write_inventory: Callable[[str], Path],
+    served: tuple[int, list[socket.socket]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port, _ = served
+    inv = write_inventory(
+        """
+        hosts:
+          sip1: {address: 198.18.0.10, roles: [proxy], vars: {tcp_max_connections: 777}}
+        """
+    )
+    doubles: list[LocalShellDouble] = []
+
+    def fake_connect(host: Any, **_: Any) -> LocalShellDouble:
+        doubles.append(LocalShellDouble(host))
+        return doubles[-1]
+
+    monkeypatch.setattr("sipops.remote.transport.connect", fake_connect)
+    code, out, _err = cli("conns", "sip1", "-i", inv, "-p", str(port), "--limits", "--json")
+    assert code == 0
+    [report] = json.loads(out)
+    assert report["host"] == "sip1" and report["ports"][0]["total"] == 4
+    assert report["limits"]["tcp_max_connections"] == 777
+    assert report["limits"]["tcp_max_connections_from"] == "inventory"
+    assert doubles[0].commands[0].startswith("python3 - ")  # one round trip, the script on stdin
+
+
+def test_a_failing_host_is_reported_and_exits_1(
+    cli: Cli, write_inventory: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = write_inventory(
+        """
+        hosts:
+          sip1: {address: 198.18.0.10, roles: [proxy]}
+        """
+    )
+
+    def refuse(host: Any, **_: Any) -> Any:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr("sipops.remote.transport.connect", refuse)
+    code, out, _err = cli("conns", "sip1", "-i", inv)
+    assert code == 1
+    assert "sip1: error: ConnectionRefusedError" in out
+
+
+def test_shipped_script_runs_without_sipops_installed(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-I", "-", json.dumps({"ports": [1], "top": 1})],
+        input=script(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,  # -I and another cwd: the sipops package cannot be imported
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = parse_output(proc.stdout)
+    assert report["ports"][0]["port"] == 1 and report["ports"][0]["total"] == 0
+    assert set(remote.SHIPPED) == {"sockdiag", "procnet", "scan", "report"}
+
+
+def test_output_without_report_is_an_error() -> None:
+    with pytest.raises(RemoteError):
+        parse_output("Traceback ...\n")
