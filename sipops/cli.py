@@ -273,6 +273,9 @@ def cron_remove(
     raise typer.Exit(code)
 
 
+from sipops.monitor.ban_cli import register as _register_ban_commands  # noqa: E402
+
+_register_ban_commands(app)  # watch, ban, unban, bans
 from sipops.lab.cli import app as lab_app  # noqa: E402
 
 app.add_typer(lab_app, name="lab")

@@ -1,0 +1,303 @@
+"""`sipops watch`, `sipops ban`, `sipops unban`, `sipops bans`: thin commands over the watcher, journal and backend.
+
+They act on this machine (the watcher service runs them on each host). register(app) adds them to the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+
+from sipops.errors import ExitCode, InputError
+
+JournalOpt = Annotated[
+    Path | None, typer.Option("--journal", help="Ban journal [default: /var/lib/sipops/bans.sqlite]")
+]
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto | nftables | ipset")]
+AllowOpt = Annotated[list[str] | None, typer.Option("--allow", help="Never ban this IP/CIDR/name (repeat)")]
+
+
+def _fail(exc: InputError) -> None:
+    typer.echo(f"sipops: error: {exc}", err=True)
+    raise typer.Exit(ExitCode.BAD_INPUT)
+
+
+def _duration(text: str, field: str) -> int:
+    from sipops.monitor.ban import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InputError(str(exc), field=field) from None
+
+
+def _addresses(values: list[str]) -> list[str]:
+    from sipops.monitor.ban import normalize
+
+    out = []
+    for v in values:
+        try:
+            out.append(normalize(v))
+        except ValueError:
+            raise InputError(f"not an IP address or CIDR: {v!r}", field="ADDR") from None
+    return out
+
+
+def _backend(kind: str) -> Any:
+    from sipops.monitor.ban import default_backend
+
+    if kind not in ("auto", "nftables", "ipset"):
+        raise InputError(f"unknown backend {kind!r}: auto, nftables or ipset", field="--backend")
+    return default_backend(kind)
+
+
+def _journal(path: Path | None) -> Any:
+    from sipops.monitor.journal import Journal, default_path
+
+    return Journal(path or default_path())
+
+
+def _allowlist(allow: list[str] | None) -> Any:
+    from sipops.monitor import allow as allowmod
+
+    return allowmod.build([(a, "--allow") for a in allow or []])
+
+
+def ban_command(
+    addresses: Annotated[list[str], typer.Argument(help="IP addresses or CIDRs")],
+    duration: Annotated[str, typer.Option("--for", help="Ban duration: 90s, 10m, 1h, 2d")] = "1h",
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the journal and the log)")] = "manual",
+    force: Annotated[bool, typer.Option("--force", help="Ban even an allowlisted address")] = False,
+    allow: AllowOpt = None,
+    journal: JournalOpt = None,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Ban addresses now (kernel set + journal); their connections are closed."""
+    from sipops.monitor.ban import Ban, BanBackendError
+    from sipops.monitor.journal import NewBan
+    from sipops.monitor.scan import close_connections
+    from sipops.monitor.watch import format_event, syslog_sink
+
+    try:
+        addrs = _addresses(addresses)
+        seconds = _duration(duration, "--for")
+        allowlist = _allowlist(allow)
+        if not force:
+            for a in addrs:
+                why = allowlist.why(a)
+                if why:
+                    raise InputError(f"{a} is allowlisted ({why}); --force to ban it anyway", field="ADDR")
+        be = _backend(backend)
+    except InputError as exc:
+        _fail(exc)
+    jr = _journal(journal)
+    records = jr.record([NewBan(a, "manual", reason, seconds) for a in addrs])
+    now = time.time()
+    try:
+        be.start()
+        be.refresh([Ban(r.address, seconds, "manual", remaining=round(r.until - now)) for r in records])
+    except BanBackendError as exc:
+        jr.unban(addrs)
+        typer.echo(f"sipops: {exc}", err=True)
+        raise typer.Exit(ExitCode.FAILURE) from None
+    closed = 0
+    try:
+        closed = close_connections(addrs)
+    except OSError as exc:
+        typer.echo(f"sipops: connections not closed: {exc}", err=True)
+    for r in records:
+        syslog_sink(format_event("ban", r.address, "manual", r.until, reason, seconds=seconds, count=r.count))
+        typer.echo(f"banned {r.address} for {duration} (ban #{r.count})")
+    if closed:
+        typer.echo(f"closed {closed} connections")
+
+
+def unban_command(
+    addresses: Annotated[list[str], typer.Argument(help="IP addresses or CIDRs")],
+    journal: JournalOpt = None,
+    backend: BackendOpt = "auto",
+) -> None:
+    """Lift bans in the kernel and the journal (they stay lifted across restarts)."""
+    from sipops.monitor.ban import BanBackendError
+    from sipops.monitor.watch import format_event, syslog_sink
+
+    try:
+        addrs = _addresses(addresses)
+        be = _backend(backend)
+    except InputError as exc:
+        _fail(exc)
+    jr = _journal(journal)
+    was_live = set(jr.unban(addrs))
+    try:
+        be.unban(addrs)
+    except BanBackendError as exc:
+        typer.echo(f"sipops: {exc}", err=True)
+        raise typer.Exit(ExitCode.FAILURE) from None
+    for a in addrs:
+        syslog_sink(format_event("unban", a, "manual", None, "operator"))
+        typer.echo(f"unbanned {a}" + ("" if a in was_live else " (was not banned)"))
+
+
+def bans_command(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Expired and lifted bans too")] = False,
+    journal: JournalOpt = None,
+) -> None:
+    """List bans from the journal: address, rule, time left, count, evidence."""
+    from sipops.monitor.ban import format_duration
+
+    jr = _journal(journal)
+    now = time.time()
+    records = jr.all() if show_all else jr.live()
+    if as_json:
+        typer.echo(json.dumps([r.as_dict(now) for r in records], indent=2))
+        return
+    if not records:
+        typer.echo("no bans")
+        return
+    typer.echo(f"{'ADDRESS':<40} {'RULE':<12} {'LEFT':>9} {'#':>3}  EVIDENCE")
+    for r in records:
+        left = "lifted" if r.unbanned else format_duration(r.remaining(now)) if r.live(now) else "expired"
+        typer.echo(f"{r.address:<40} {r.rule:<12} {left:>9} {r.count:>3}  {r.evidence}")
+
+
+def watch_command(
+    ban: Annotated[
+        bool, typer.Option("--ban", help="Ban in the kernel (default: report what would be banned)")
+    ] = False,
+    port: Annotated[list[int] | None, typer.Option("--port", "-p", help="Local port to watch (repeat)")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Two polls one interval apart, then exit (for cron)")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls")] = 1.0,
+    max_conns: Annotated[int, typer.Option("--max-conns", help="Concurrent connections per IP")] = 200,
+    new_per_sec: Annotated[float, typer.Option("--new-per-sec", help="New connections per IP per second")] = 100,
+    syn_recv: Annotated[int, typer.Option("--syn-recv", help="SYN_RECV sockets per IP")] = 50,
+    ban_for: Annotated[str, typer.Option("--ban-for", help="First ban duration")] = "10m",
+    syn_ban_for: Annotated[str, typer.Option("--syn-ban-for", help="Ban duration on SYN evidence")] = "2m",
+    ban_factor: Annotated[float, typer.Option("--ban-factor", help="Each repeat ban lasts this many times longer")] = 4,
+    ban_max: Annotated[str, typer.Option("--ban-max", help="Longest ban")] = "1d",
+    tcp_max_connections: Annotated[int, typer.Option("--tcp-max-connections", help="OpenSIPS limit")] = 4096,
+    close_wait: Annotated[int, typer.Option("--close-wait", help="CLOSE_WAIT sockets per port to alert")] = 256,
+    sip_log: Annotated[str | None, typer.Option("--sip-log", help="OpenSIPS log to follow")] = None,
+    scanner_ban_for: Annotated[str, typer.Option("--scanner-ban-for", help="Ban of SIP scanners")] = "1h",
+    allow: AllowOpt = None,
+    journal: JournalOpt = None,
+    backend: BackendOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per poll")] = False,
+    max_polls: Annotated[int, typer.Option("--max-polls", hidden=True)] = 0,
+) -> None:
+    """Monitor connections; with --ban block abusive IPs in the kernel within a poll."""
+    from sipops.monitor.rules import Thresholds
+    from sipops.monitor.siplog import SipLogRules
+    from sipops.monitor.watch import WatchConfig, Watcher
+
+    try:
+        if interval <= 0:
+            raise InputError("must be > 0", field="--interval")
+        config = WatchConfig(
+            ports=sorted(set(port)) if port else None,
+            thresholds=Thresholds(
+                max_conns_per_ip=max_conns,
+                new_per_sec=new_per_sec,
+                syn_recv_per_ip=syn_recv,
+                ban_seconds=_duration(ban_for, "--ban-for"),
+                syn_ban_seconds=_duration(syn_ban_for, "--syn-ban-for"),
+                tcp_max_connections=tcp_max_connections,
+                close_wait_alert=close_wait,
+            ),
+            ban=ban,
+            ban_factor=ban_factor,
+            ban_max=_duration(ban_max, "--ban-max"),
+            sip_log=sip_log,
+            sip_rules=SipLogRules(
+                scanner_ban_seconds=_duration(scanner_ban_for, "--scanner-ban-for"),
+                pike_ban_seconds=_duration(ban_for, "--ban-for"),
+            ),
+        )
+        allowlist = _allowlist(allow)
+        be = _backend(backend) if ban else None
+    except InputError as exc:
+        _fail(exc)
+    watcher = Watcher(config, _journal(journal) if ban else None, be, allowlist)
+    restored = watcher.start()
+    live = not once and not as_json and sys.stdout.isatty()
+    if not as_json:
+        mode = f"banning via {be.name}" if be else "report only (no --ban)"
+        typer.echo(f"sipops watch: {mode}; {restored} live bans restored; {len(allowlist.entries())} allowlist entries")
+    polls, failures = 0, 0
+    try:
+        while True:
+            started = time.monotonic()
+            result = watcher.poll()
+            polls += 1
+            failures += bool(result.errors)
+            if not once or polls == 2:
+                _print_poll(result, watcher, sys.stdout, live=live, as_json=as_json)
+            if (once and polls >= 2) or (max_polls and polls >= max_polls):
+                break
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        pass
+    raise typer.Exit(ExitCode.FAILURE if failures else ExitCode.OK)
+
+
+def _print_poll(result: Any, watcher: Any, out: TextIO, *, live: bool, as_json: bool) -> None:
+    from sipops.monitor.scan import table_to_dict
+
+    verb = "banned" if watcher.backend is not None else "would ban"
+    if as_json:
+        data = {
+            "table": table_to_dict(result.table) if result.table else None,
+            verb.replace(" ", "_"): [
+                {
+                    "address": r.address,
+                    "rule": r.rule,
+                    "seconds": round(r.until - r.since),
+                    "evidence": r.evidence,
+                    "count": r.count,
+                }
+                for r in result.banned
+            ],
+            "alerts": [v.describe() for v in result.alerts],
+            "errors": result.errors,
+            "closed": result.closed,
+        }
+        out.write(json.dumps(data) + "\n")
+        out.flush()
+        return
+    lines = []
+    table = result.table
+    stamp = time.strftime("%H:%M:%S")
+    if table is not None:
+        head = f"{stamp} {table.source} scan {table.elapsed * 1000:.1f} ms, {sum(table.counts.values())} sockets"
+        lines.append(head + (f" (fallback: {table.fallback_reason})" if table.fallback else ""))
+        for p, stats in table.ports.items():
+            states = " ".join(f"{s.label}={n}" for s, n in stats.states.items())
+            top = ", ".join(f"{ip}={n}" for ip, n in table.top(p, 3))
+            lines.append(
+                f"  port {p:<5} total={stats.total} new={stats.new} ips={stats.remote_ips}  {states}  top: {top}"
+            )
+    for r in result.banned:
+        lines.append(f"  {verb} {r.address} rule={r.rule} for {round(r.until - r.since)}s  {r.evidence}")
+    for v in result.alerts:
+        lines.append(f"  ALERT {v.describe()}")
+    for e in result.errors:
+        lines.append(f"  ERROR {e}")
+    if live:
+        out.write("\x1b[H\x1b[2J")
+    elif not (result.banned or result.alerts or result.errors):
+        return  # a service log: quiet polls leave no line
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def register(app: typer.Typer) -> None:
+    """Add watch, ban, unban and bans to the sipops CLI."""
+    app.command("watch")(watch_command)
+    app.command("ban")(ban_command)
+    app.command("unban")(unban_command)
+    app.command("bans")(bans_command)

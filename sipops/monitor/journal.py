@@ -1,0 +1,183 @@
+"""The ban journal: SQLite state of every ban, the source of truth the kernel sets are re-asserted from.
+
+One row per address (IP or CIDR): rule and evidence of the latest ban, since/until (epoch seconds),
+count (bans so far, for the escalation ladder) and unbanned (an operator lifted it: it is not restored
+at start nor re-asserted, so `sipops unban` survives restarts). Expired rows are kept for the count.
+Written by the watcher and by `sipops ban/unban` at the same time: WAL mode, short transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+Clock = Callable[[], float]
+DEFAULT_PATH = Path("/var/lib/sipops/bans.sqlite")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bans (
+    address   TEXT PRIMARY KEY,
+    rule      TEXT NOT NULL,
+    evidence  TEXT NOT NULL DEFAULT '',
+    since     REAL NOT NULL,
+    until     REAL NOT NULL,
+    count     INTEGER NOT NULL DEFAULT 1,
+    unbanned  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS bans_live ON bans (unbanned, until);
+"""
+
+
+def default_path() -> Path:
+    """$SIPOPS_STATE_DIR/bans.sqlite, else /var/lib/sipops/bans.sqlite."""
+    state = os.environ.get("SIPOPS_STATE_DIR")
+    return Path(state) / "bans.sqlite" if state else DEFAULT_PATH
+
+
+@dataclass(frozen=True, slots=True)
+class BanRecord:
+    address: str
+    rule: str
+    evidence: str
+    since: float
+    until: float
+    count: int
+    unbanned: bool
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.until - now)
+
+    def live(self, now: float) -> bool:
+        return not self.unbanned and self.until > now
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "rule": self.rule,
+            "evidence": self.evidence,
+            "since": self.since,
+            "until": self.until,
+            "remaining": round(self.remaining(now), 1),
+            "count": self.count,
+            "unbanned": self.unbanned,
+            "live": self.live(now),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewBan:
+    """What the watcher or the CLI wants banned; the journal decides the count."""
+
+    address: str
+    rule: str
+    evidence: str
+    seconds: int
+
+
+class Journal:
+    """The ban journal at `path` (created with its directory)."""
+
+    def __init__(self, path: Path | str, clock: Clock = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=10, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get(self, address: str) -> BanRecord | None:
+        row = self.db.execute("SELECT * FROM bans WHERE address = ?", (address,)).fetchone()
+        return _record(row) if row else None
+
+    def counts(self, addresses: Iterable[str]) -> dict[str, BanRecord]:
+        """Existing rows for these addresses (one query per 500)."""
+        addrs = list(addresses)
+        out: dict[str, BanRecord] = {}
+        for i in range(0, len(addrs), 500):
+            part = addrs[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(f"SELECT * FROM bans WHERE address IN ({marks})", part):
+                out[row[0]] = _record(row)
+        return out
+
+    def record(self, bans: Sequence[NewBan], *, forgive_after: float = 86400.0) -> list[BanRecord]:
+        """Store bans in one transaction; `count` grows unless the last ban ended over `forgive_after` ago.
+
+        An earlier manual unban is cleared by a new ban.
+        """
+        now = self.clock()
+        previous = self.counts(b.address for b in bans)
+        out = []
+        rows = []
+        for b in bans:
+            prev = previous.get(b.address)
+            count = 1
+            if prev is not None and prev.until + forgive_after > now:
+                count = prev.count + (0 if prev.live(now) else 1)
+            rec = BanRecord(b.address, b.rule, b.evidence, now, now + b.seconds, count, False)
+            rows.append((rec.address, rec.rule, rec.evidence, rec.since, rec.until, rec.count))
+            out.append(rec)
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO bans (address, rule, evidence, since, until, count, unbanned) VALUES (?,?,?,?,?,?,0) "
+                "ON CONFLICT(address) DO UPDATE SET rule=excluded.rule, evidence=excluded.evidence, "
+                "since=excluded.since, until=excluded.until, count=excluded.count, unbanned=0",
+                rows,
+            )
+        return out
+
+    def unban(self, addresses: Iterable[str]) -> list[str]:
+        """Mark bans lifted (kept for history); returns the addresses that were live."""
+        now = self.clock()
+        addrs = list(addresses)
+        live = [a for a, r in self.counts(addrs).items() if r.live(now)]
+        with self._tx():
+            self.db.executemany(
+                "UPDATE bans SET unbanned = 1, until = MIN(until, ?) WHERE address = ?", [(now, a) for a in addrs]
+            )
+        return live
+
+    def live(self) -> list[BanRecord]:
+        """Bans in force now (not lifted, not expired), oldest first."""
+        now = self.clock()
+        rows = self.db.execute("SELECT * FROM bans WHERE unbanned = 0 AND until > ? ORDER BY since", (now,))
+        return [_record(r) for r in rows]
+
+    def all(self) -> list[BanRecord]:
+        return [_record(r) for r in self.db.execute("SELECT * FROM bans ORDER BY since")]
+
+    def version(self) -> int:
+        """Changes made by OTHER connections bump this (PRAGMA data_version): cheap to poll every second."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def prune(self, older_than: float) -> int:
+        """Forget rows whose ban ended more than `older_than` seconds ago."""
+        cur = self.db.execute("DELETE FROM bans WHERE until < ?", (self.clock() - older_than,))
+        return cur.rowcount
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _record(row: tuple[str, str, str, float, float, int, int]) -> BanRecord:
+    return BanRecord(row[0], row[1], row[2], float(row[3]), float(row[4]), int(row[5]), bool(row[6]))

@@ -1,0 +1,239 @@
+"""The watcher: scan, rules, SIP log, then bans in one kernel batch per poll, journaled and logged.
+
+poll(): scan (cookies of the last poll -> new connections) -> verdicts (rules + OpenSIPS log) -> the
+allowlist turns bans of its addresses into alerts -> escalation from the journal's count -> journal,
+then ONE backend batch (ban for new elements, refresh for live ones) -> the addresses' connections
+closed (SOCK_DESTROY) -> one syslog line per ban. Without `ban` it only reports what it would ban.
+Every `canary_every` s it checks the kernel's canary element (cheap); when it is gone, or every
+`reassert_every` s anyway, all live journal bans are re-asserted in one batch (no set listing).
+"""
+
+from __future__ import annotations
+
+import syslog
+import time
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sipops.monitor import scan as scanner
+from sipops.monitor.allow import Allowlist
+from sipops.monitor.ban import Ban, BanBackend, BanBackendError
+from sipops.monitor.journal import BanRecord, Journal, NewBan
+from sipops.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, Verdict, escalate
+from sipops.monitor.siplog import LogFollower, SipLogRules
+
+Clock = Callable[[], float]
+EventSink = Callable[[str], None]
+
+
+def format_event(action: str, address: str, rule: str, until: float | None, evidence: str, **extra: object) -> str:
+    """The one syslog format of bans and unbans: `action=ban addr=… rule=… until=…Z … evidence="…"`."""
+    when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if until else "-"
+    parts = [f"action={action}", f"addr={address}", f"rule={rule}", f"until={when}"]
+    parts += [f"{k}={v}" for k, v in extra.items()]
+    clean = evidence.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    return " ".join(parts) + f' evidence="{clean}"'
+
+
+def syslog_sink(message: str) -> None:
+    """Log with ident sipops-ban (lines read `sipops-ban: action=ban addr=…`)."""
+    syslog.openlog("sipops-ban", 0, syslog.LOG_AUTH)
+    syslog.syslog(syslog.LOG_NOTICE, message)
+
+
+@dataclass
+class WatchConfig:
+    ports: list[int] | None = None  # None: every port
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    per_port: dict[int, Thresholds] = field(default_factory=dict)
+    ban: bool = False
+    ban_factor: float = 4.0
+    ban_max: int = 86400
+    forgive_after: int = 86400
+    sip_log: str | None = None
+    sip_rules: SipLogRules = field(default_factory=SipLogRules)
+    close_connections: bool = True
+    canary_every: float = 5.0
+    reassert_every: float = 300.0
+
+
+@dataclass
+class PollResult:
+    table: scanner.ConnectionTable | None
+    verdicts: list[Verdict]
+    banned: list[BanRecord]  # bans applied this poll (or that would be, without --ban)
+    alerts: list[Verdict]
+    closed: int = 0
+    apply_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    reasserted: int = 0
+
+
+class Watcher:
+    """One host's watcher; everything outside (scanner, closer, clocks, syslog) is injected."""
+
+    def __init__(
+        self,
+        config: WatchConfig,
+        journal: Journal | None,
+        backend: BanBackend | None,
+        allow: Allowlist,
+        *,
+        scan: Callable[..., scanner.ConnectionTable] = scanner.scan,
+        closer: Callable[[Sequence[str]], int] | None = None,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        events: EventSink = syslog_sink,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.backend = backend if config.ban else None
+        self.allow = allow
+        self.scan = scan
+        self.closer = closer if closer is not None else (lambda addrs: scanner.close_connections(addrs, None))
+        self.clock = clock
+        self.monotonic = monotonic
+        self.events = events
+        self.engine = RuleEngine(config.thresholds, config.per_port, allow, monotonic)
+        self.follower = LogFollower(config.sip_log) if config.sip_log else None
+        self.live: dict[str, float] = {}  # address -> until (epoch), mirrors the journal
+        self._known: AbstractSet[int] | None = None
+        self._netstat: scanner.TcpExtCounters | None = None
+        self._journal_version = -1
+        self._next_canary = 0.0
+        self._next_reassert = 0.0
+
+    def start(self) -> int:
+        """Declare the sets, drop kernel-meter bans of allowlisted hosts, restore live bans in ONE batch."""
+        if self.backend is None:
+            self._reload_live()
+            return 0
+        self.backend.start()
+        exact = [a for a in self.allow.exact if ":" not in a or not a.lower().startswith("fe80")]
+        if exact:
+            self.backend.unban(exact)
+        return self.reassert()
+
+    def reassert(self) -> int:
+        """Re-add every live journal ban with its remaining time (idempotent for elements still there)."""
+        records = self._reload_live()
+        if self.backend is None:
+            return 0
+        now = self.clock()
+        self.backend.start()  # a wiped table is declared again
+        self.backend.restore([_ban_of(r, now) for r in records])
+        self._next_reassert = self.monotonic() + self.config.reassert_every
+        return len(records)
+
+    def _reload_live(self) -> list[BanRecord]:
+        if self.journal is None:
+            return []
+        records = self.journal.live()
+        self.live = {r.address: r.until for r in records}
+        self._journal_version = self.journal.version()
+        return records
+
+    def poll(self) -> PollResult:
+        """One round: see the module docstring."""
+        errors: list[str] = []
+        reasserted = self._maintain(errors)
+        table = self.scan(self.config.ports, known=self._known)
+        self._known = table.cookies
+        verdicts = self.engine.evaluate(table)
+        if table.netstat is not None:
+            if self._netstat is not None:
+                verdicts += self.engine.syn_cookies(table.netstat.delta(self._netstat).syncookies_sent)
+            self._netstat = table.netstat
+        if self.follower is not None:
+            for v in self.follower.verdicts(self.config.sip_rules):
+                why = self.allow.why(v.address or "")
+                verdicts.append(v if why is None else Verdict(v.rule, ALERT, v.address, None, 1, 1, 0, v.evidence, why))
+        result = self.apply([v for v in verdicts if v.action == BAN])
+        result.table = table
+        result.verdicts = verdicts
+        result.alerts = [v for v in verdicts if v.action == ALERT]
+        result.errors = errors + result.errors
+        result.reasserted = reasserted
+        return result
+
+    def apply(self, verdicts: Sequence[Verdict]) -> PollResult:
+        """Ban the verdicts' addresses not already banned: journal, one batch, close connections, log."""
+        now = self.clock()
+        fresh: dict[str, Verdict] = {}
+        for v in verdicts:
+            addr = v.address
+            if addr is None or addr in fresh or self.live.get(addr, 0) > now or addr in self.allow:
+                continue
+            fresh[addr] = v
+        result = PollResult(None, list(verdicts), [], [])
+        if not fresh:
+            return result
+        started = time.perf_counter()
+        previous = self.journal.counts(fresh) if self.journal is not None else {}
+        wanted = []
+        for addr, v in fresh.items():
+            prev = previous.get(addr)
+            count = 1 if prev is None or prev.until + self.config.forgive_after <= now else prev.count + 1
+            seconds = escalate(v.seconds, count, self.config.ban_factor, self.config.ban_max)
+            wanted.append(NewBan(addr, v.rule, _evidence(v), seconds))
+        if self.backend is None or self.journal is None:  # report only
+            result.banned = [BanRecord(b.address, b.rule, b.evidence, now, now + b.seconds, 1, False) for b in wanted]
+            return result
+        records = self.journal.record(wanted, forgive_after=self.config.forgive_after)
+        returning = any(r.address in previous for r in records)
+        try:
+            # A returning address may still have a kernel element (e.g. from the SYN meter): refresh replaces it.
+            apply = self.backend.refresh if returning else self.backend.ban
+            apply([_ban_of(r, now) for r in records])
+        except BanBackendError as exc:
+            result.errors.append(str(exc))
+            self.journal.unban(r.address for r in records)  # the journal must not claim what the kernel lacks
+            return result
+        result.apply_seconds = time.perf_counter() - started
+        for r in records:
+            self.live[r.address] = r.until
+        self._journal_version = self.journal.version()
+        if self.config.close_connections:
+            try:
+                result.closed = self.closer([r.address for r in records])
+            except OSError as exc:
+                result.errors.append(f"closing connections: {exc}")
+        for r in records:
+            self.events(
+                format_event(
+                    "ban", r.address, r.rule, r.until, r.evidence, seconds=round(r.until - r.since), count=r.count
+                )
+            )
+        result.banned = records
+        return result
+
+    def _maintain(self, errors: list[str]) -> int:
+        """Pick up bans/unbans made by the CLI; re-assert when the canary is gone or it is time."""
+        if self.journal is None or self.backend is None:
+            return 0
+        mono = self.monotonic()
+        try:
+            if self.journal.version() != self._journal_version:
+                self._reload_live()
+            if mono >= self._next_reassert:
+                return self.reassert()
+            if mono >= self._next_canary:
+                self._next_canary = mono + self.config.canary_every
+                if not self.backend.intact():
+                    errors.append("ban sets were wiped: re-asserting every live ban")
+                    return self.reassert()
+        except BanBackendError as exc:
+            errors.append(str(exc))
+        return 0
+
+
+def _evidence(v: Verdict) -> str:
+    port = f" port={v.port}" if v.port is not None and "port=" not in v.evidence else ""
+    return f"{v.evidence}{port}".strip()
+
+
+def _ban_of(r: BanRecord, now: float) -> Ban:
+    total = max(1, round(r.until - r.since))
+    return Ban(r.address, total, r.rule, remaining=max(1, round(r.until - now)))
