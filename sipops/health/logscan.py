@@ -10,6 +10,7 @@ next run. Only complete lines are consumed: a line being written is read once it
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 ERROR_LINE = re.compile(rb"(?:^|[\s\]:])(ERROR|CRITICAL|CRIT|ALERT|EMERG|BUG):")
 COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4")
 SAMPLE_CHARS = 160
+HEAD_BYTES = 256  # a file's first bytes identify it when a deleted log's inode number is reused
 
 
 @dataclass(frozen=True)
@@ -28,16 +30,41 @@ class FilePos:
     dev: int
     inode: int
     offset: int
+    head: str = ""  # sha256 of the file's first head_len bytes
+    head_len: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {"dev": self.dev, "inode": self.inode, "offset": self.offset}
+    def as_dict(self) -> dict[str, Any]:
+        return {"dev": self.dev, "inode": self.inode, "offset": self.offset, "head": self.head, "head_len": self.head_len}
 
     @classmethod
     def from_dict(cls, data: Any) -> FilePos | None:
         try:
-            return cls(int(data["dev"]), int(data["inode"]), int(data["offset"]))
-        except (TypeError, KeyError, ValueError):
+            return cls(
+                int(data["dev"]), int(data["inode"]), int(data["offset"]), str(data.get("head", "")),
+                int(data.get("head_len", 0)),
+            )  # fmt: skip
+        except (TypeError, KeyError, ValueError, AttributeError):
             return None
+
+
+def _head(path: Path, length: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(length)).hexdigest()
+
+
+def _identify(path: Path, st: os.stat_result, offset: int) -> FilePos:
+    """A position in `path` that remembers the file's first bytes (up to HEAD_BYTES)."""
+    length = min(st.st_size, HEAD_BYTES)
+    return FilePos(st.st_dev, st.st_ino, offset, _head(path, length), length)
+
+
+def _is(path: Path, st: os.stat_result | None, pos: FilePos) -> bool:
+    """`path` is the file `pos` was taken in: same device and inode, and the same first bytes."""
+    if st is None or (st.st_dev, st.st_ino) != (pos.dev, pos.inode):
+        return False
+    if st.st_size < pos.head_len:
+        return False  # shorter than what we saw of it: truncated (handled by the caller) or another file
+    return not pos.head_len or _head(path, pos.head_len) == pos.head
 
 
 @dataclass
@@ -85,21 +112,21 @@ def _find_by_inode(live: Path, pos: FilePos) -> Path | None:
             continue
         path = live.parent / name
         try:
-            st = path.stat()
+            if _is(path, path.stat(), pos):
+                return path
         except OSError:
             continue
-        if st.st_ino == pos.inode and st.st_dev == pos.dev:
-            return path
     return None
 
 
 def _continue(path: Path, pos: FilePos, out: ScanResult, on_line: Callable[[bytes], None] | None) -> FilePos:
-    size = path.stat().st_size
+    st = path.stat()
     start = pos.offset
-    if size < start:
+    if st.st_size < start:
         out.notes.append(f"{path} was truncated: read from its start")
         start = 0
-    return FilePos(pos.dev, pos.inode, _read(path, start, out, on_line))
+    end = _read(path, start, out, on_line)
+    return _identify(path, path.stat(), end)
 
 
 def scan(log_file: str, state: dict[str, Any] | None, on_line: Callable[[bytes], None] | None = None) -> ScanResult:
@@ -114,15 +141,16 @@ def scan(log_file: str, state: dict[str, Any] | None, on_line: Callable[[bytes],
         # First run: "since the last run" starts now; old errors are not news. A log that does
         # not exist yet is read from its first line once it appears.
         out.started = True
-        out.state = {"current": FilePos(st.st_dev, st.st_ino, st.st_size).as_dict()} if st else {"waiting": True}
+        out.state = {"current": _identify(live, st, st.st_size).as_dict()} if st else {"waiting": True}
         return out
     current = FilePos.from_dict(state.get("current"))
     previous = FilePos.from_dict(state.get("previous"))
-    live_id = (st.st_dev, st.st_ino) if st is not None else None
-    if previous is not None and (previous.dev, previous.inode) != live_id:
+    if previous is not None and not _is(live, st, previous):
         old = _find_by_inode(live, previous)
         previous = _continue(old, previous, out, on_line) if old is not None else None
-    if current is not None and live_id != (current.dev, current.inode):
+    truncated = current is not None and st is not None and (st.st_dev, st.st_ino) == (current.dev, current.inode)
+    truncated = truncated and st is not None and current is not None and st.st_size < current.offset
+    if current is not None and not truncated and not _is(live, st, current):
         # Rotated since the last run: finish the file we were reading, then start the new one.
         old = _find_by_inode(live, current)
         if old is not None:
@@ -132,7 +160,7 @@ def scan(log_file: str, state: dict[str, Any] | None, on_line: Callable[[bytes],
             out.notes.append(f"the rotated {live.name} is gone (compressed or removed): its last lines were not read")
         current = None
     if current is None and st is not None:
-        current = FilePos(st.st_dev, st.st_ino, 0)
+        current = FilePos(st.st_dev, st.st_ino, 0)  # a new file: from its first line
     if current is not None:
         current = _continue(live, current, out, on_line)
     else:
