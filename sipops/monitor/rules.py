@@ -1,7 +1,7 @@
 """Rules: one scan of the connection table in, verdicts out, each carrying its rule and the numbers.
 
 Ban rules (per remote IP, per local port):
-  conn_flood   concurrent connections (every state but SYN_RECV and TIME_WAIT) over max_conns_per_ip
+  conn_flood   concurrent ESTABLISHED connections over max_conns_per_ip (CLOSE_WAIT is the proxy's doing)
   conn_rate    new connections per second (sockets whose cookie the last poll had not seen) over new_per_sec
   syn_flood    SYN_RECV sockets over syn_recv_per_ip. Source addresses of SYNs can be spoofed: a shorter
                ban, and against an allowlisted address (gateways are) it is only ever an alert
@@ -24,7 +24,6 @@ from sipops.monitor.scan import ConnectionTable, TcpState
 
 Clock = Callable[[], float]
 BAN, ALERT = "ban", "alert"
-_NOT_CONCURRENT = frozenset({TcpState.SYN_RECV, TcpState.TIME_WAIT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +91,7 @@ class RuleEngine:
         for (port, state, ip), n in table.counts.items():
             if state == TcpState.SYN_RECV:
                 syn[(port, ip)] = syn.get((port, ip), 0) + n
-            elif state not in _NOT_CONCURRENT:
+            elif state == TcpState.ESTABLISHED:
                 conns[(port, ip)] = conns.get((port, ip), 0) + n
         for (port, ip), n in conns.items():
             lim = self.limits(port)

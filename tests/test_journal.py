@@ -1,0 +1,79 @@
+"""The ban journal: counts for the ladder, live bans with remaining time, unbans that stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sipops.monitor.journal import Journal, NewBan
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_ban_is_live_until_it_expires(tmp_path: Path) -> None:
+    clock = Clock()
+    j = Journal(tmp_path / "bans.sqlite", clock)
+    (r,) = j.record([NewBan("192.0.2.1", "conn_flood", "conns=300>200 port=5060", 600)])
+    assert (r.since, r.until, r.count) == (clock.t, clock.t + 600, 1)
+    clock.t += 599
+    assert [b.address for b in j.live()] == ["192.0.2.1"]
+    assert j.live()[0].remaining(clock.t) == 1
+    clock.t += 1
+    assert j.live() == []
+
+
+def test_repeat_offenders_count_up_and_are_forgiven_after_a_quiet_day(tmp_path: Path) -> None:
+    clock = Clock()
+    j = Journal(tmp_path / "bans.sqlite", clock)
+    j.record([NewBan("192.0.2.1", "conn_flood", "", 600)])
+    clock.t += 700
+    assert j.record([NewBan("192.0.2.1", "conn_flood", "", 600)])[0].count == 2
+    clock.t += 600 + 86401
+    assert j.record([NewBan("192.0.2.1", "conn_flood", "", 600)])[0].count == 1
+
+
+def test_unban_survives_reopening_and_is_not_live(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "bans.sqlite"
+    j = Journal(path, clock)
+    j.record([NewBan("192.0.2.1", "manual", "", 3600), NewBan("192.0.2.2", "manual", "", 3600)])
+    assert j.unban(["192.0.2.1", "192.0.2.9"]) == ["192.0.2.1"]
+    j.close()
+    again = Journal(path, clock)
+    assert [b.address for b in again.live()] == ["192.0.2.2"]
+    rec = again.get("192.0.2.1")
+    assert rec is not None and rec.unbanned
+
+
+def test_a_new_ban_after_an_unban_is_live_again(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "bans.sqlite", Clock())
+    j.record([NewBan("192.0.2.1", "manual", "", 3600)])
+    j.unban(["192.0.2.1"])
+    j.record([NewBan("192.0.2.1", "conn_flood", "", 600)])
+    assert [b.rule for b in j.live()] == ["conn_flood"]
+
+
+def test_changes_by_another_process_are_seen_through_data_version(tmp_path: Path) -> None:
+    path = tmp_path / "bans.sqlite"
+    watcher, cli = Journal(path, Clock()), Journal(path, Clock())
+    before = watcher.version()
+    watcher.record([NewBan("192.0.2.1", "manual", "", 60)])
+    assert watcher.version() == before  # its own writes do not count
+    cli.unban(["192.0.2.1"])
+    assert watcher.version() != before
+
+
+def test_hundred_thousand_bans_are_recorded_and_read_back_quickly(tmp_path: Path) -> None:
+    import time
+
+    j = Journal(tmp_path / "bans.sqlite", Clock())
+    j.record([NewBan(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "conn_flood", "", 600) for i in range(100_000)])
+    started = time.perf_counter()
+    live = j.live()
+    assert len(live) == 100_000
+    assert time.perf_counter() - started < 1.0
