@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -220,3 +221,41 @@ def wait_ssh(state: LabState, members: list[Member], *, timeout: float = 60.0) -
     if waiting:
         names = ", ".join(m.name for m in waiting)
         raise LabError(f"sshd did not answer within {timeout:.0f}s on {names} (consoles: {state.dir / 'logs'})")
+
+
+def start_apt_proxy(state: LabState, mirror_hosts: list[str]) -> None:
+    """The lab's package proxy on the bridge address (hosts reach this machine's mirror through it)."""
+    log = state.dir / "logs" / "apt-proxy.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "sipops.lab.aptproxy", "--listen", str(state.naming.bridge_address)]
+    for name in mirror_hosts:
+        argv += ["--allow", name]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    state.apt_proxy_pid = proc.pid
+    try:
+        state.apt_proxy_started = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        state.apt_proxy_started = None
+    state.save()
+
+
+def stop_apt_proxy(state: LabState) -> None:
+    """Stop the proxy by its recorded pid, only if that pid is still our proxy process."""
+    if state.apt_proxy_pid is None:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        proc = psutil.Process(state.apt_proxy_pid)
+        same = state.apt_proxy_started is None or abs(proc.create_time() - state.apt_proxy_started) <= 0.05
+        if same and "sipops.lab.aptproxy" in " ".join(proc.cmdline()):
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            _reap(proc.pid)
+    state.apt_proxy_pid = None
+    state.apt_proxy_started = None
+    state.save()

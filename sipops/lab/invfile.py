@@ -35,8 +35,7 @@ def _host_entry(index: int, hosts: list[Any]) -> dict[str, Any]:
         # The edge nodes stand in for media servers: gateways the balancer probes and fails over between.
         entry["vars"] = {
             "gateways": [
-                {"name": m.name, "address": m.address, "port": 5060, "set": 1, "kind": "media"}
-                for m in hosts[:-1]
+                {"name": m.name, "address": m.address, "port": 5060, "set": 1, "kind": "media"} for m in hosts[:-1]
             ]
         }
     return entry

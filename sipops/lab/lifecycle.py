@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sipops.errors import InputError
-from sipops.lab import hosts, net, rootfs
+from sipops.lab import aptproxy, hosts, net, rootfs
 from sipops.lab.invfile import INVENTORY_FILE, KNOWN_HOSTS, write_files
 from sipops.lab.proc import LabError
 from sipops.lab.state import DEFAULT_NETWORK, DEFAULT_PREFIX, LabState, Member, Naming, check_counts
@@ -141,9 +141,13 @@ def _build(state: LabState, base: Path, opts: UpOptions) -> None:
     client_pub = rootfs.ensure_client_key(state.dir)
     (state.dir / "logs").mkdir(parents=True, exist_ok=True)
 
+    hosts.start_apt_proxy(state, rootfs.mirror_hosts())
+    proxy_conf = aptproxy.apt_conf(str(state.naming.bridge_address))
+
     def layer(member: Member) -> tuple[str, str]:
         root = rootfs.mount_layer(state, member, base)
         key = rootfs.personalise(root, member, client_pub)
+        rootfs.write_file(root / "etc/apt/apt.conf.d/00sipops-lab-proxy", proxy_conf)
         if opts.opensips_prefix is not None:
             rootfs.copy_install(root, opts.opensips_prefix)
         return member.address, key
@@ -172,6 +176,7 @@ def down(directory: Path, *, log: Callable[[str], None] = print) -> bool:
             errors.append(str(exc))
 
     attempt(lambda: hosts.stop(state, state.hosts()))
+    attempt(lambda: hosts.stop_apt_proxy(state))
     for member in state.hosts():
         attempt(lambda m=member: rootfs.unmount_layer(state, m))  # type: ignore[misc]
     for member in state.members:

@@ -148,6 +148,19 @@ def _keypair(comment: str) -> tuple[bytes, str]:
     return private, f"{public.decode()} {comment}".strip()
 
 
+def mirror_hosts() -> list[str]:
+    """Host names the lab's package proxy may forward to: the mirror the base was built from."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(debian_mirror()).hostname
+    return [host] if host else []
+
+
+def write_file(path: Path, text: str) -> None:
+    """A world-readable file inside a host's layer."""
+    _write(path, text, 0o644)
+
+
 def _write(path: Path, data: str | bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)

@@ -106,6 +106,8 @@ class LabState:
     opensips_prefix: str | None = None
     route_added: bool = False  # the unreachable guard route was added by us (else it was there)
     bridge_created: bool = False
+    apt_proxy_pid: int | None = None  # sipops.lab.aptproxy on the bridge address
+    apt_proxy_started: float | None = None
     members: list[Member] = field(default_factory=list)
 
     @property
