@@ -122,14 +122,15 @@ def test_restart_restores_live_bans_with_remaining_time_in_one_batch_and_unbans_
     rig.clock.t += 100
     again = Rig(tmp_path, clock=rig.clock)
     assert again.watcher.start() == 1
-    restore = again.nft.batches[-1].splitlines()
+    _start, restore_batch, _allowlisted = again.nft.batches
+    restore = restore_batch.splitlines()
     assert restore == ['add element inet sipops ban4 { 203.0.113.5 timeout 600s expires 500s comment "conn_flood" }']
 
 
 def test_allowlisted_host_addresses_are_taken_out_of_the_kernel_set_at_start(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.watcher.start()
-    unban = rig.nft.batches[1]
+    unban = rig.nft.batches[-1]
     assert "delete element inet sipops ban4 { " in unban and "198.51.100.31" in unban and "198.18.0.2" in unban
 
 

@@ -152,6 +152,11 @@ class Journal:
         rows = self.db.execute("SELECT * FROM bans WHERE unbanned = 0 AND until > ? ORDER BY since", (now,))
         return [_record(r) for r in rows]
 
+    def live_rows(self) -> list[tuple[str, str, float, float]]:
+        """(address, rule, since, until) of live bans: what a restore needs, without building records."""
+        query = "SELECT address, rule, since, until FROM bans WHERE unbanned = 0 AND until > ?"
+        return self.db.execute(query, (self.clock(),)).fetchall()
+
     def all(self) -> list[BanRecord]:
         return [_record(r) for r in self.db.execute("SELECT * FROM bans ORDER BY since")]
 

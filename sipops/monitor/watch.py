@@ -106,34 +106,39 @@ class Watcher:
         self._next_reassert = 0.0
 
     def start(self) -> int:
-        """Declare the sets, drop kernel-meter bans of allowlisted hosts, restore live bans in ONE batch."""
+        """Declare the sets and restore live bans in ONE batch; drop kernel-meter bans of allowlisted hosts."""
         if self.backend is None:
             self._reload_live()
             return 0
-        self.backend.start()
-        exact = [a for a in self.allow.exact if ":" not in a or not a.lower().startswith("fe80")]
+        restored = self.reassert()
+        # The SYN meter in the firewall bans from the packet path; an allowlisted host it caught is let go
+        # (unless an operator banned it on purpose: it is then in the journal).
+        exact = [a for a in self.allow.exact if a not in self.live and not a.lower().startswith("fe80")]
         if exact:
             self.backend.unban(exact)
-        return self.reassert()
+        return restored
 
     def reassert(self) -> int:
         """Re-add every live journal ban with its remaining time (idempotent for elements still there)."""
-        records = self._reload_live()
+        rows = self._reload_live()
         if self.backend is None:
             return 0
         now = self.clock()
         self.backend.start()  # a wiped table is declared again
-        self.backend.restore([_ban_of(r, now) for r in records])
+        bans = [
+            Ban(a, max(1, round(until - since)), rule, max(1, round(until - now))) for a, rule, since, until in rows
+        ]
+        self.backend.restore(bans)
         self._next_reassert = self.monotonic() + self.config.reassert_every
-        return len(records)
+        return len(rows)
 
-    def _reload_live(self) -> list[BanRecord]:
+    def _reload_live(self) -> list[tuple[str, str, float, float]]:
         if self.journal is None:
             return []
-        records = self.journal.live()
-        self.live = {r.address: r.until for r in records}
+        rows = self.journal.live_rows()
+        self.live = {row[0]: row[3] for row in rows}
         self._journal_version = self.journal.version()
-        return records
+        return rows
 
     def poll(self) -> PollResult:
         """One round: see the module docstring."""
