@@ -202,7 +202,7 @@ def test_modules_and_packages_follow_the_role_variables(tmp_path):
 
     inv = load_inventory(write_combo_inventory(tmp_path / "inventory.yaml", {"db_url": "mysql://u:p@db/opensips"}))
     ctx = context(inv, inv.hosts["reg-pro"])
-    assert ctx["modules"][-6:] == ["usrloc", "registrar", "auth", "auth_db", "db_mysql", "nathelper"]
+    assert ctx["modules"][-7:] == ["usrloc", "registrar", "auth", "auth_db", "db_mysql", "nathelper", "pike"]
     assert ctx["opensips_packages"] == ["opensips-http-modules", "opensips-auth-modules", "opensips-mysql-module"]
 
 

@@ -58,3 +58,26 @@ def test_follower_reads_only_new_complete_lines_and_survives_rotation(tmp_path: 
     log.rename(tmp_path / "opensips.log.1")
     log.write_text("Nov 28 10:00:03 h opensips[1]: SIPOPS-PIKE src=192.0.2.4\n")
     assert [v.address for v in follower.verdicts()] == ["192.0.2.4"]
+
+
+def test_the_proxy_roles_log_lines_are_what_the_filter_reads() -> None:
+    """The xlog tags rendered into opensips.cfg, filled in as OpenSIPS would, give ban verdicts."""
+    import re
+
+    from sipops.inventory import load_inventory
+    from sipops.render import render_host
+
+    root = Path(__file__).resolve().parents[1]
+    inv = load_inventory(root / "inventory.example.yaml")
+    cfg = next(f for f in render_host(inv, inv.hosts["edge1"]).files if f.dest.endswith("opensips.cfg"))
+    text = cfg.content.decode() if isinstance(cfg.content, bytes) else cfg.content
+    formats = re.findall(r'xlog\("L_NOTICE", "(SIPOPS-[^\n]*?)\\n"\);', text)
+    assert len(formats) == 2
+    got = set()
+    for fmt in formats:
+        message = fmt.replace("$si", "203.0.113.7").replace("$(ua{s.escape.common})", "friendly-scanner")
+        message = message.replace('\\"', '"')
+        v = match_line(f"Nov 28 10:45:11 edge1 /usr/sbin/opensips[2211]: {message}")
+        assert v is not None and v.address == "203.0.113.7", message
+        got.add(v.rule)
+    assert got == {"sip_scanner", "sip_pike"}
