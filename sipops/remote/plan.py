@@ -1,0 +1,139 @@
+"""Plan = rendered files − facts: per file create / change / unchanged, and the handlers that follow.
+
+Pure: no connections. A plan also says why a host cannot be pushed to (problems), before anything
+is sent: a validator or a service that does not exist there, an owner the host does not have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipops.remote.facts import HostFacts, RemoteFile, handler_units, sha256, validator_command
+from sipops.render import HostRender, RenderedFile
+
+CREATE, CHANGE, UNCHANGED = "create", "change", "unchanged"
+
+
+@dataclass(frozen=True)
+class FileChange:
+    file: RenderedFile
+    action: str  # create | change | unchanged
+    before: RemoteFile | None
+    content: bool = False  # the bytes differ
+    mode: tuple[str, str] | None = None  # (live, wanted) when they differ
+    owner: tuple[str, str] | None = None  # ("root:root", "root:opensips") when they differ
+
+    @property
+    def dest(self) -> str:
+        return self.file.dest
+
+    def describe(self) -> str:
+        parts = []
+        if self.action == CREATE:
+            parts.append(f"{len(self.file.content)} bytes")
+        elif self.content:
+            parts.append("content")
+        if self.mode:
+            parts.append(f"mode {self.mode[0]} -> {self.mode[1]}")
+        if self.owner:
+            parts.append(f"owner {self.owner[0]} -> {self.owner[1]}")
+        return ", ".join(parts)
+
+
+@dataclass
+class HostPlan:
+    host: str
+    files: list[FileChange]
+    handlers: list[str]  # in the order they will run
+    handler_commands: dict[str, str]
+    problems: list[str] = field(default_factory=list)  # the host cannot be pushed to: why
+    notes: list[str] = field(default_factory=list)  # worth knowing, not blocking
+
+    @property
+    def changes(self) -> list[FileChange]:
+        return [c for c in self.files if c.action != UNCHANGED]
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.changes)
+
+
+def _normal_mode(mode: str) -> str:
+    return f"{int(mode, 8):04o}"
+
+
+def compare(f: RenderedFile, before: RemoteFile | None) -> FileChange:
+    if before is None:
+        return FileChange(f, CREATE, None, content=True)
+    want_mode = _normal_mode(f.mode)
+    content = before.sha256 != sha256(f.content)
+    mode = (before.mode, want_mode) if before.mode != want_mode else None
+    live_owner, want_owner = f"{before.owner}:{before.group}", f"{f.owner}:{f.group}"
+    owner = (live_owner, want_owner) if live_owner != want_owner else None
+    action = CHANGE if content or mode or owner else UNCHANGED
+    return FileChange(f, action, before, content=content, mode=mode, owner=owner)
+
+
+def order_handlers(names: set[str], declared: dict[str, str]) -> list[str]:
+    """Declaration order, except that systemd reloads its unit files before anything restarts."""
+    ordered = [n for n in declared if n in names]
+    return sorted(ordered, key=lambda n: 0 if "daemon-reload" in declared[n] else 1)
+
+
+def plan_host(rendered: HostRender, facts: HostFacts) -> HostPlan:
+    return plan_files(rendered.host.name, rendered.files, rendered.handlers, facts)
+
+
+def plan_files(host: str, files: list[RenderedFile], handlers: dict[str, str], facts: HostFacts) -> HostPlan:
+    """Compare each rendered file with the host's copy; collect handlers and blocking problems."""
+    changes = [compare(f, facts.files.get(f.dest)) for f in files]
+    problems: list[str] = []
+    for c in changes:
+        before = c.before
+        if before is not None and before.kind != "file":
+            problems.append(f"{c.dest} exists on the host but is {before.kind}; sipops manages regular files only")
+    triggered = {n for c in changes if c.action != UNCHANGED for n in c.file.notify}
+    ordered = order_handlers(triggered, handlers)
+    plan = HostPlan(host, changes, ordered, {n: handlers[n] for n in ordered}, problems)
+    _check_host_can_take(plan, facts)
+    _sysctl_notes(plan, facts)
+    return plan
+
+
+def _check_host_can_take(plan: HostPlan, facts: HostFacts) -> None:
+    problems = plan.problems
+    for c in plan.changes:
+        cmd = validator_command(c.file)
+        if cmd and facts.commands.get(cmd) is None and cmd in facts.commands:
+            what = f"{c.dest} is validated with '{cmd}', which is not on the host"
+            if cmd.rsplit("/", 1)[-1] == "opensips":
+                what += f" (OpenSIPS is not installed there: `sipops install {plan.host}` installs it first)"
+            problems.append(what)
+        if facts.users.get(c.file.owner) is False:
+            problems.append(f"{c.dest}: owner '{c.file.owner}' does not exist on the host")
+        if facts.groups.get(c.file.group) is False:
+            problems.append(f"{c.dest}: group '{c.file.group}' does not exist on the host")
+    pushed_units = {c.dest.rsplit("/", 1)[-1] for c in plan.files if "/systemd/system/" in c.dest}
+    for name in plan.handlers:
+        command = plan.handler_commands[name]
+        if "systemctl" in command and facts.init != "systemd":
+            problems.append(f"handler '{name}' needs systemd, but the host's init is {facts.init}")
+            continue
+        for unit in handler_units(command):
+            known = facts.units.get(unit, {}).get("load", "loaded")
+            if known == "not-found" and unit not in pushed_units:
+                problems.append(f"handler '{name}' restarts {unit}, which does not exist on the host")
+
+
+def _sysctl_notes(plan: HostPlan, facts: HostFacts) -> None:
+    for c in plan.files:
+        if not c.dest.startswith("/etc/sysctl.d/") or c.action != UNCHANGED:
+            continue
+        for line in c.file.content.decode(errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            key, value = key.strip(), " ".join(value.split())
+            if not sep or key.startswith(("#", ";")) or key not in facts.sysctl:
+                continue
+            live = facts.sysctl[key]
+            if live is not None and live != value:
+                plan.notes.append(f"sysctl {key} is {live} live, {c.dest} sets {value}")

@@ -1,0 +1,158 @@
+"""Run the agent on a host: one command per phase, request and payload on its stdin, JSON back.
+
+SSHRunner sits on a connection from sipops.remote.transport (strict host keys) and talks to a raw
+paramiko channel: binary stdin at full speed (Invoke's stdin pump decodes text and sleeps between
+reads). Root is reached with `sudo -n` when the SSH user is not root. LocalRunner is `--local`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import select
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import sipops.sip
+from sipops.remote import agent
+
+MARK = "SIPOPS-RESULT "
+# Reads the agent's source, then hands it the request and the rest of stdin (the payload).
+BOOT = (
+    "import sys,json,types;b=sys.stdin.buffer;n=[int(x) for x in b.readline().split()];"
+    "m=types.ModuleType('sipops_agent');sys.modules['sipops_agent']=m;"
+    "exec(compile(b.read(n[0]),'sipops-agent','exec'),m.__dict__);"
+    "m.main(json.loads(b.read(n[1])),b,n[2])"
+)
+
+
+class RemoteError(Exception):
+    """The host could not be reached or the agent gave no answer (the reason is the message)."""
+
+
+@dataclass
+class Output:
+    rc: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Runner(Protocol):
+    name: str
+
+    def exec(self, command: str, stdin: bytes, timeout: float) -> Output: ...
+    def close(self) -> None: ...
+
+
+@cache
+def agent_source() -> bytes:
+    """sip.py (the OPTIONS probe) followed by the agent; one `from __future__` at the top."""
+    sip = inspect.getsource(sipops.sip)
+    body = inspect.getsource(agent).replace("from __future__ import annotations\n", "")
+    body = body.replace("    from sipops.sip import options_ping\n", "    pass\n")
+    return (sip + "\n" + body).encode()
+
+
+def call(runner: Runner, request: dict[str, Any], payload: bytes = b"", timeout: float = 120) -> dict[str, Any]:
+    """Run one agent op on the host; the decoded reply. Raises RemoteError when there is none."""
+    src = agent_source()
+    req = json.dumps(request).encode()
+    stdin = f"{len(src)} {len(req)} {len(payload)}\n".encode() + src + req + payload
+    out = runner.exec(f"python3 -c {_sq(BOOT)}", stdin, timeout)
+    for line in out.stdout.decode(errors="replace").splitlines():
+        if line.startswith(MARK):
+            reply: dict[str, Any] = json.loads(line[len(MARK) :])
+            return reply
+    err = (out.stderr or out.stdout).decode(errors="replace").strip()
+    if out.rc == 127 or "python3: not found" in err or ("No such file" in err and "python3" in err):
+        raise RemoteError("python3 is not installed on the host (sipops runs its checks with it)")
+    raise RemoteError(f"agent failed (exit {out.rc}): {err.splitlines()[-1] if err else 'no output'}")
+
+
+def _sq(s: str) -> str:
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+class LocalRunner:
+    """This machine, without SSH (`--local`); root needed for files owned by others."""
+
+    def __init__(self, name: str = "localhost") -> None:
+        self.name = name
+
+    def exec(self, command: str, stdin: bytes, timeout: float) -> Output:
+        proc = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, timeout=timeout, check=False)
+        return Output(proc.returncode, proc.stdout, proc.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def sudo_prefix(user: str) -> str:
+    """`sudo -n ` unless the SSH user is root: never a password prompt, a clear failure instead."""
+    return "" if user == "root" else "sudo -n "
+
+
+class SSHRunner:
+    """One host over one transport.connect() connection, kept open for every phase."""
+
+    def __init__(self, host: Any, *, accept_new_host_key: bool = False, connect: Any = None) -> None:
+        from sipops.remote.transport import connect as transport_connect
+
+        self.name = str(host.name)
+        self.host = host
+        self.prefix = sudo_prefix(host.ssh.user)
+        self.conn = (connect or transport_connect)(host, accept_new_host_key=accept_new_host_key)
+
+    def exec(self, command: str, stdin: bytes, timeout: float) -> Output:
+        try:
+            self.conn.open()
+            transport = self.conn.client.get_transport()
+            chan = transport.open_session(timeout=float(self.host.ssh.connect_timeout))
+            chan.exec_command(self.prefix + command)
+            chan.sendall(stdin)
+            chan.shutdown_write()
+            return _drain(chan, timeout)
+        except (OSError, EOFError) as exc:
+            raise RemoteError(f"connection lost: {exc or type(exc).__name__}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("paramiko"):
+                raise RemoteError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _drain(chan: Any, timeout: float) -> Output:
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        if chan.recv_ready():
+            out += chan.recv(1 << 16)
+            continue
+        if chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+            continue
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            rc = chan.recv_exit_status()
+            # late data after the exit status
+            while chan.recv_ready():
+                out += chan.recv(1 << 16)
+            chan.close()
+            return Output(rc, bytes(out), bytes(err))
+        if chan.closed and not chan.exit_status_ready():
+            raise RemoteError("connection lost (channel closed without an exit status)")
+        if time.monotonic() > deadline:
+            chan.close()
+            raise RemoteError(f"no answer within {timeout:.0f}s")
+        select.select([chan], [], [], 0.05)
+
+
+def local_root_path(root: Path | None, path: str) -> str:
+    """Where a host path lives under a test root (`--root`), for messages and tests."""
+    return os.fspath(root) + path if root else path
