@@ -273,6 +273,90 @@ def cron_remove(
     raise typer.Exit(code)
 
 
+# ---- push engine: diff / push / rollback (sipops.remote.fleet does the work) ----
+LocalOpt = Annotated[bool, typer.Option("--local", help="This machine, without SSH (name the one host to render)")]
+RootOpt = Annotated[str, typer.Option("--root", hidden=True, help="Tests: host paths live under this directory")]
+LockTimeoutOpt = Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for a running push")]
+GateTimeoutOpt = Annotated[float, typer.Option("--gate-timeout", min=1, help="Seconds services get to pass the gate")]
+KeepOpt = Annotated[int, typer.Option("--keep", min=1, help="Backups kept per host")]
+
+
+@app.command()
+def diff(
+    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    inventory: InventoryOpt = None,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 3 when changes are pending")] = False,
+    color: Annotated[bool | None, typer.Option("--color/--no-color", help="Colour [default: on a terminal]")] = None,
+    forks: ForksOpt = 10,
+    local: LocalOpt = False,
+    root: RootOpt = "",
+    accept_new_host_key: AcceptNewOpt = False,
+) -> None:
+    """Preview what push would change: unified diffs, secrets masked; nothing is changed."""
+    from sipops.remote import fleet
+
+    try:
+        t = fleet.load_targets(inventory, targets, local=local, accept_new=accept_new_host_key)
+        use_color = sys.stdout.isatty() if color is None else color
+        code = fleet.diff(t, sys.stdout, forks=forks, color=use_color, exit_code=exit_code, root=root)
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def push(
+    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    inventory: InventoryOpt = None,
+    forks: ForksOpt = 10,
+    serial: Annotated[int | None, typer.Option("--serial", min=1, help="N hosts at a time; stop on failure")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Say what would change; change nothing")] = False,
+    lock_timeout: LockTimeoutOpt = 60,
+    gate_timeout: GateTimeoutOpt = 20,
+    keep: KeepOpt = 10,
+    local: LocalOpt = False,
+    root: RootOpt = "",
+    accept_new_host_key: AcceptNewOpt = False,
+) -> None:
+    """Apply config changes: validated on the host, backed up, swapped atomically, health-gated, rolled back."""
+    from sipops.remote import fleet
+    from sipops.remote.apply import PushOptions
+
+    opts = PushOptions(lock_timeout=lock_timeout, gate_timeout=gate_timeout, keep=keep, root=root)
+    try:
+        t = fleet.load_targets(inventory, targets, local=local, accept_new=accept_new_host_key)
+        code = fleet.push(t, sys.stdout, forks=forks, serial=serial, opts=opts, check=check)
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def rollback(
+    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    inventory: InventoryOpt = None,
+    to: Annotated[str | None, typer.Option("--to", help="Backup stamp [default: the latest]")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="List the backups on each host")] = False,
+    lock_timeout: LockTimeoutOpt = 60,
+    gate_timeout: GateTimeoutOpt = 20,
+    forks: ForksOpt = 10,
+    local: LocalOpt = False,
+    root: RootOpt = "",
+    accept_new_host_key: AcceptNewOpt = False,
+) -> None:
+    """Restore the files of a backup taken by push (the current ones are backed up first), then its handlers."""
+    from sipops.remote import fleet
+    from sipops.remote.apply import PushOptions
+
+    opts = PushOptions(lock_timeout=lock_timeout, gate_timeout=gate_timeout, root=root)
+    try:
+        t = fleet.load_targets(inventory, targets, local=local, accept_new=accept_new_host_key)
+        code = fleet.rollback(t, sys.stdout, to=to, list_only=list_only, opts=opts, forks=forks)
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(code)
+
+
 from sipops.monitor.ban_cli import register as _register_ban_commands  # noqa: E402
 
 _register_ban_commands(app)  # watch, ban, unban, bans
