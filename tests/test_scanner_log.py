@@ -81,3 +81,11 @@ def test_the_proxy_roles_log_lines_are_what_the_filter_reads() -> None:
         assert v is not None and v.address == "203.0.113.7", message
         got.add(v.rule)
     assert got == {"sip_scanner", "sip_pike"}
+
+
+def test_follower_reads_a_log_created_after_it_started_from_its_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "opensips.log"
+    follower = LogFollower(str(log))
+    assert follower.verdicts() == []
+    log.write_text("Nov 28 10:00:00 h opensips[1]: SIPOPS-PIKE src=192.0.2.9\n")
+    assert [v.address for v in follower.verdicts()] == ["192.0.2.9"]

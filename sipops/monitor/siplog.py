@@ -74,6 +74,7 @@ class LogFollower:
         try:
             st = os.stat(self.path)
         except OSError:
+            self._from_start = True  # a log that appears later is read from its first line
             return []
         if self._inode != st.st_ino or st.st_size < self._pos:
             first = self._inode is None

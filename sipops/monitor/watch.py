@@ -81,7 +81,7 @@ class Watcher:
         backend: BanBackend | None,
         allow: Allowlist,
         *,
-        scan: Callable[..., scanner.ConnectionTable] = scanner.scan,
+        scan: Callable[..., scanner.ConnectionTable] | None = None,
         closer: Callable[[Sequence[str]], int] | None = None,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
@@ -91,7 +91,7 @@ class Watcher:
         self.journal = journal
         self.backend = backend if config.ban else None
         self.allow = allow
-        self.scan = scan
+        self.scan = scan or (lambda ports, known=None: scanner.scan(ports, known=known))
         self.closer = closer if closer is not None else (lambda addrs: scanner.close_connections(addrs, None))
         self.clock = clock
         self.monotonic = monotonic
@@ -129,6 +129,8 @@ class Watcher:
             Ban(a, max(1, round(until - since)), rule, max(1, round(until - now))) for a, rule, since, until in rows
         ]
         self.backend.restore(bans)
+        if self.journal is not None:
+            self.journal.prune(older_than=30 * 86400)  # history kept for the escalation count, not forever
         self._next_reassert = self.monotonic() + self.config.reassert_every
         return len(rows)
 

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.e2e
 HOST, PORT = "h1", 5060
 JOURNAL = "/var/lib/sipops-e2e-watch/bans.sqlite"
 WATCH_LOG = "/var/tmp/sipops-e2e-watch.log"
+SIP_LOG = "/var/tmp/sipops-e2e-opensips.log"
 SIPOPS = "/opt/sipops/bin/sipops"
 # Holds every accepted connection on PORT; gives up after 300 s whatever happens.
 LISTENER = f"""
@@ -123,7 +124,8 @@ class Watcher:
     def start(self) -> None:
         allow = self.lab.attackers["a2"]
         cmd = (f"SIPOPS_STATE_DIR=/var/lib/sipops-e2e-watch setsid {SIPOPS} watch --ban --port {PORT} "
-               f"--max-conns 20 --ban-for 4s --interval 1 --allow {allow} --journal {JOURNAL} --json "
+               f"--max-conns 20 --ban-for 4s --interval 1 --allow {allow} --journal {JOURNAL} --sip-log {SIP_LOG} "
+               f"--json "
                f"</dev/null >>{WATCH_LOG} 2>&1 & echo $!")  # fmt: skip
         self.pid = run(self.lab, HOST, "sh", "-c", cmd).strip()
         deadline = time.monotonic() + 20  # the first poll runs after start() restored the journal
@@ -234,3 +236,17 @@ def test_an_unban_survives_a_restart(watcher: Watcher) -> None:
     assert a1 not in ban4(lab)
     assert can_connect(lab, "a1")
     assert json.loads(run(lab, HOST, SIPOPS, "bans", "--json", "--journal", JOURNAL)) == []
+
+
+def test_a_sip_scanner_logged_by_opensips_is_banned(watcher: Watcher) -> None:
+    lab = watcher.lab
+    a1 = lab.attackers["a1"]
+    line = f'Nov 28 10:45:11 h1 /usr/sbin/opensips[2211]: SIPOPS-SCANNER src={a1} ua="friendly-scanner"'
+    run(lab, HOST, "sh", "-c", f"echo {shlex.quote(line)} >> {SIP_LOG}")
+    deadline = time.monotonic() + 3
+    while a1 not in ban4(lab) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    elem = ban4(lab).get(a1)
+    assert elem is not None and elem["comment"] == "sip_scanner"
+    assert not can_connect(lab, "a1")
+    run(lab, HOST, SIPOPS, "unban", a1, "--journal", JOURNAL)
