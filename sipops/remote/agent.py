@@ -110,8 +110,33 @@ def _run(argv: list[str], timeout: float = 10) -> tuple[int, str]:
     return p.returncode, p.stdout.decode(errors="replace")
 
 
+def _start(argv: list[str]) -> subprocess.Popen[bytes] | None:
+    try:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError:
+        return None
+
+
+def _collect(proc: subprocess.Popen[bytes] | None) -> tuple[int, str]:
+    if proc is None:
+        return 127, ""
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return 124, ""
+    return proc.returncode, out.decode(errors="replace")
+
+
 def facts(req: Json) -> Json:
     root = _root(req)
+    # The two subprocesses run while the files are hashed.
+    binary = which(req.get("opensips_bin") or "opensips") or which("opensips")
+    cached = _version_cache(req, binary)
+    version = _start([binary, "-V"]) if binary and cached is None else None
+    show = None
+    if os.path.isdir("/run/systemd/system") and req.get("units"):
+        show = _start(["systemctl", "show", "-p", "Id,LoadState,ActiveState", "--", *req["units"]])
     osr: dict[str, str] = {}
     try:
         with open(root + "/etc/os-release") as f:
@@ -135,20 +160,22 @@ def facts(req: Json) -> Json:
         except OSError:
             sysctl[key] = None
     commands = {c: which(c) for c in req.get("commands", [])}
-    opensips: Json | None = None
-    binary = which(req.get("opensips_bin") or "opensips") or which("opensips")
-    if binary:
-        _, text = _run([binary, "-V"], timeout=5)
-        version = text.split("\n")[0].split(" ")[2] if text.startswith("version:") else ""
-        opensips = {"bin": binary, "version": version, "prefix": os.path.dirname(os.path.dirname(binary))}
     systemd = os.path.isdir("/run/systemd/system")
     units: Json = {}
     if systemd and req.get("units"):
-        _, text = _run(["systemctl", "show", "-p", "Id,LoadState,ActiveState", "--", *req["units"]])
+        _, text = _collect(show)
         blocks = text.strip().split("\n\n")
         for i, unit in enumerate(req["units"]):
             kv = dict(line.partition("=")[::2] for line in (blocks[i] if i < len(blocks) else "").splitlines())
             units[unit] = {"load": kv.get("LoadState", ""), "active": kv.get("ActiveState", "")}
+    opensips: Json | None = None
+    if binary:
+        ver = cached
+        if ver is None:
+            text = _collect(version)[1]
+            ver = text.split("\n")[0].split(" ")[2] if text.startswith("version:") else ""
+            _version_cache(req, binary, ver)
+        opensips = {"bin": binary, "version": ver, "prefix": os.path.dirname(os.path.dirname(binary))}
     users = {u: _exists(pwd.getpwnam, u) for u in req.get("users", [])}
     groups = {g: _exists(grp.getgrnam, g) for g in req.get("groups", [])}
     return {
@@ -165,6 +192,27 @@ def facts(req: Json) -> Json:
         "groups": groups,
         "uid": os.geteuid(),
     }
+
+
+def _version_cache(req: Json, binary: str | None, version: str | None = None) -> str | None:
+    """`opensips -V` costs more than the rest of the facts: remembered per binary (path, size, mtime)."""
+    if not binary:
+        return None
+    st = os.stat(binary)
+    key = f"{binary}:{st.st_size}:{st.st_mtime_ns}"
+    path = state_dir(req) + "/opensips-version"
+    if version is None:
+        try:
+            with open(path) as fh:
+                k, _, v = fh.read().partition("\n")
+            return v.strip() if k == key and v.strip() else None
+        except OSError:
+            return None
+    with contextlib.suppress(OSError):
+        os.makedirs(state_dir(req), mode=0o700, exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(f"{key}\n{version}\n")
+    return version
 
 
 def _exists(fn: Any, name: str) -> bool:

@@ -175,17 +175,14 @@ def push_host(
         facts = gather(runner, rendered, root=opts.root)
         plan = plan_host(rendered, facts)
         if plan.problems:
-            return HostResult(name, "failed", reason="; ".join(plan.problems))
-        if not plan.pending:
+            result = HostResult(name, "failed", reason="; ".join(plan.problems))
+        elif not plan.pending:
             log(f"{name}: no changes ({len(plan.files)} files unchanged)")
-            return HostResult(name, "unchanged", seconds=time.monotonic() - t0)
-        if check:
-            return HostResult(name, "would change", [c.dest for c in plan.changes], plan.handlers)
-        log(f"{name}: {len(plan.changes)} to change: {', '.join(c.dest for c in plan.changes)}")
-        stamp = new_stamp()
-        req, payload = apply_request(plan, gate_spec(inv, rendered, opts.gate_timeout), opts, stamp)
-        reply = run_apply(runner, runner_factory, req, payload, opts.apply_timeout)
-        result = result_from_reply(name, reply, stamp)
+            result = HostResult(name, "unchanged")
+        elif check:
+            result = HostResult(name, "would change", [c.dest for c in plan.changes], plan.handlers)
+        else:
+            result = _apply(runner, runner_factory, plan, rendered, inv, opts, log)
     except RemoteError as exc:
         result = HostResult(name, "failed", reason=str(exc))
     except Exception as exc:  # unreachable, auth, host key: this host fails alone
@@ -195,6 +192,23 @@ def push_host(
             runner.close()
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _apply(
+    runner: Runner,
+    runner_factory: RunnerFactory,
+    plan: HostPlan,
+    rendered: HostRender,
+    inv: Inventory | None,
+    opts: PushOptions,
+    log: Callable[[str], None],
+) -> HostResult:
+    name = plan.host
+    log(f"{name}: {len(plan.changes)} to change: {', '.join(c.dest for c in plan.changes)}")
+    stamp = new_stamp()
+    req, payload = apply_request(plan, gate_spec(inv, rendered, opts.gate_timeout), opts, stamp)
+    reply = run_apply(runner, runner_factory, req, payload, opts.apply_timeout)
+    return result_from_reply(name, reply, stamp)
 
 
 def list_backups(runner: Runner, root: str = "") -> list[dict[str, Any]]:

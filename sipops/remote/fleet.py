@@ -5,9 +5,10 @@ Also the plain functions behind `sipops diff`, `push` and `rollback` (cli.py sta
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -36,6 +37,39 @@ class Target:
         if self.local:
             return lambda: LocalRunner(host.name)
         return lambda: SSHRunner(host, accept_new_host_key=self.accept_new_host_key)
+
+
+class Preconnect:
+    """Connections opened in the background while the controller renders (hidden behind the CPU work).
+
+    Each host's first runner is the pre-opened one; later calls (a reconnect) open a fresh one.
+    """
+
+    def __init__(self, t: Target, forks: int) -> None:
+        self.t = t
+        self.pool = ThreadPoolExecutor(max_workers=max(1, forks))
+        self.futures: dict[str, Future[Runner]] = {h.name: self.pool.submit(self._open, h) for h in t.hosts}
+        self.by_name = {h.name: h for h in t.hosts}
+
+    def _open(self, host: Host) -> Runner:
+        runner = self.t.runner(host)()
+        if isinstance(runner, SSHRunner):
+            runner.conn.open()
+        return runner
+
+    def factory(self, name: str) -> Callable[[], Runner]:
+        def make() -> Runner:
+            fut = self.futures.pop(name, None)
+            return fut.result() if fut is not None else self.t.runner(self.by_name[name])()
+
+        return make
+
+    def close(self) -> None:
+        """Close what nobody used (bad input after connecting, or a host that was never started)."""
+        for fut in self.futures.values():
+            with contextlib.suppress(Exception):
+                fut.result().close()
+        self.pool.shutdown(wait=False)
 
 
 def load_targets(inventory: str | None, patterns: list[str], *, local: bool, accept_new: bool) -> Target:
@@ -95,11 +129,29 @@ def _printer(out: TextIO) -> Callable[[str], None]:
 
 
 def push(t: Target, out: TextIO, *, forks: int, serial: int | None, opts: PushOptions, check: bool = False) -> int:
-    rendered = {r.host.name: r for r in render_all(t)}
+    pre = Preconnect(t, forks)
+    try:
+        rendered = {r.host.name: r for r in render_all(t)}
+        return _push(t, pre, rendered, out, forks=forks, serial=serial, opts=opts, check=check)
+    finally:
+        pre.close()
+
+
+def _push(
+    t: Target,
+    pre: Preconnect,
+    rendered: dict[str, HostRender],
+    out: TextIO,
+    *,
+    forks: int,
+    serial: int | None,
+    opts: PushOptions,
+    check: bool,
+) -> int:
     emit = _printer(out)
 
     def one(name: str) -> HostResult:
-        res = push_host(rendered[name], t.runner(rendered[name].host), inv=t.inv, opts=opts, check=check, log=emit)
+        res = push_host(rendered[name], pre.factory(name), inv=t.inv, opts=opts, check=check, log=emit)
         if res.status == "changed":
             ran = f"; ran {', '.join(res.handlers)}" if res.handlers else "; no handler"
             emit(f"{name}: changed {len(res.changed)} file(s){ran}; backup {res.stamp} ({res.seconds:.1f}s)")
@@ -120,7 +172,24 @@ def push(t: Target, out: TextIO, *, forks: int, serial: int | None, opts: PushOp
 
 
 def diff(t: Target, out: TextIO, *, forks: int, color: bool, exit_code: bool, root: str = "") -> int:
-    rendered = {r.host.name: r for r in render_all(t)}
+    pre = Preconnect(t, forks)
+    try:
+        rendered = {r.host.name: r for r in render_all(t)}
+        return _diff(pre, rendered, out, forks=forks, color=color, exit_code=exit_code, root=root)
+    finally:
+        pre.close()
+
+
+def _diff(
+    pre: Preconnect,
+    rendered: dict[str, HostRender],
+    out: TextIO,
+    *,
+    forks: int,
+    color: bool,
+    exit_code: bool,
+    root: str,
+) -> int:
     blocks: dict[str, list[str]] = {}
     status: dict[str, str] = {}
 
@@ -128,7 +197,7 @@ def diff(t: Target, out: TextIO, *, forks: int, color: bool, exit_code: bool, ro
         r = rendered[name]
         runner: Runner | None = None
         try:
-            runner = t.runner(r.host)()
+            runner = pre.factory(name)()
             plan = plan_host(r, gather(runner, r, content=True, root=root))
         except (RemoteError, Exception) as exc:
             reason = str(exc) if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"

@@ -50,9 +50,9 @@ class Runner(Protocol):
 
 
 @cache
-def agent_source() -> bytes:
-    """sip.py (the OPTIONS probe) followed by the agent; one `from __future__` at the top."""
-    sip = inspect.getsource(sipops.sip)
+def agent_source(with_sip: bool = True) -> bytes:
+    """sip.py (the OPTIONS probe, for the health gate) followed by the agent; one `from __future__` on top."""
+    sip = inspect.getsource(sipops.sip) if with_sip else "from __future__ import annotations\n"
     body = inspect.getsource(agent).replace("from __future__ import annotations\n", "")
     body = body.replace("    from sipops.sip import options_ping\n", "    pass\n")
     return (sip + "\n" + body).encode()
@@ -60,10 +60,10 @@ def agent_source() -> bytes:
 
 def call(runner: Runner, request: dict[str, Any], payload: bytes = b"", timeout: float = 120) -> dict[str, Any]:
     """Run one agent op on the host; the decoded reply. Raises RemoteError when there is none."""
-    src = agent_source()
+    src = agent_source(request["op"] == "apply")
     req = json.dumps(request).encode()
     stdin = f"{len(src)} {len(req)} {len(payload)}\n".encode() + src + req + payload
-    out = runner.exec(f"python3 -c {_sq(BOOT)}", stdin, timeout)
+    out = runner.exec(f"python3 -S -c {_sq(BOOT)}", stdin, timeout)
     for line in out.stdout.decode(errors="replace").splitlines():
         if line.startswith(MARK):
             reply: dict[str, Any] = json.loads(line[len(MARK) :])
