@@ -103,14 +103,27 @@ def context(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -
     return v
 
 
+_NAMES_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined)
+
+
+def _from_string(env: jinja2.Environment, text: str) -> jinja2.Template:
+    """env.from_string, compiled once per environment and text: recompiling each host's dest/when/owner
+    expressions was most of the render time of a fleet (and so of a no-op push)."""
+    cache: dict[str, jinja2.Template] = env.__dict__.setdefault("_sipops_expr_cache", {})
+    tmpl = cache.get(text)
+    if tmpl is None:
+        tmpl = cache[text] = env.from_string(text)
+    return tmpl
+
+
 def _names(v: dict[str, Any], host: Host, key: str) -> list[str]:
     """A role list (modules, opensips_packages) whose entries may be Jinja expressions yielding 0..n names."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env = _NAMES_ENV
     out: list[str] = []
     for r in host.role_objs:
         for entry in getattr(r, key):
             try:
-                text = env.from_string(entry).render(v) if "{" in entry else entry
+                text = _from_string(env, entry).render(v) if "{" in entry else entry
             except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
                 raise InputError(f"{key} entry {entry!r}: {exc} (host {host.name})", file=r.file, field=key) from None
             out += [n for n in text.replace(",", " ").split() if n not in out]
@@ -146,7 +159,7 @@ def _short(path: str) -> str:
 
 def _expr(env: jinja2.Environment, text: str, ctx: dict[str, Any], where: str, host: Host) -> str:
     try:
-        return env.from_string(text).render(ctx)
+        return _from_string(env, text).render(ctx)
     except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
         raise _template_error(exc, host, where) from None
 
