@@ -19,6 +19,7 @@ JournalOpt = Annotated[
     Path | None, typer.Option("--journal", help="Ban journal [default: /var/lib/sipops/bans.sqlite]")
 ]
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto | nftables | ipset")]
+MAX_PORT_ROWS = 12
 AllowOpt = Annotated[list[str] | None, typer.Option("--allow", help="Never ban this IP/CIDR/name (repeat)")]
 
 
@@ -236,7 +237,7 @@ def watch_command(
             polls += 1
             failures += bool(result.errors)
             if not once or polls == 2:
-                _print_poll(result, watcher, sys.stdout, live=live, as_json=as_json)
+                _print_poll(result, watcher, sys.stdout, live=live or once, as_json=as_json, clear=live)
             if (once and polls >= 2) or (max_polls and polls >= max_polls):
                 break
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
@@ -245,7 +246,7 @@ def watch_command(
     raise typer.Exit(ExitCode.FAILURE if failures else ExitCode.OK)
 
 
-def _print_poll(result: Any, watcher: Any, out: TextIO, *, live: bool, as_json: bool) -> None:
+def _print_poll(result: Any, watcher: Any, out: TextIO, *, live: bool, as_json: bool, clear: bool = False) -> None:
     from sipops.monitor.scan import table_to_dict
 
     verb = "banned" if watcher.backend is not None else "would ban"
@@ -275,21 +276,24 @@ def _print_poll(result: Any, watcher: Any, out: TextIO, *, live: bool, as_json: 
     if table is not None:
         head = f"{stamp} {table.source} scan {table.elapsed * 1000:.1f} ms, {sum(table.counts.values())} sockets"
         lines.append(head + (f" (fallback: {table.fallback_reason})" if table.fallback else ""))
-        for p, stats in table.ports.items():
+        busiest = sorted(table.ports.items(), key=lambda kv: (-kv[1].total, kv[0]))
+        for p, stats in sorted(busiest[:MAX_PORT_ROWS]):
             states = " ".join(f"{s.label}={n}" for s, n in stats.states.items())
             top = ", ".join(f"{ip}={n}" for ip, n in table.top(p, 3))
             lines.append(
                 f"  port {p:<5} total={stats.total} new={stats.new} ips={stats.remote_ips}  {states}  top: {top}"
             )
+        if len(busiest) > MAX_PORT_ROWS:
+            lines.append(f"  … {len(busiest) - MAX_PORT_ROWS} more local ports (--port to choose)")
     for r in result.banned:
         lines.append(f"  {verb} {r.address} rule={r.rule} for {round(r.until - r.since)}s  {r.evidence}")
     for v in result.alerts:
         lines.append(f"  ALERT {v.describe()}")
     for e in result.errors:
         lines.append(f"  ERROR {e}")
-    if live:
+    if clear:
         out.write("\x1b[H\x1b[2J")
-    elif not (result.banned or result.alerts or result.errors):
+    elif not live and not (result.banned or result.alerts or result.errors):
         return  # a service log: quiet polls leave no line
     out.write("\n".join(lines) + "\n")
     out.flush()
