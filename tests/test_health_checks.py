@@ -286,3 +286,10 @@ def test_enabled_checks_follow_gateways_and_watcher_settings() -> None:
     assert "gateways" in HealthConfig(gateway_engine="dispatcher").enabled()
     assert {"watcher", "bans"}.isdisjoint(HealthConfig(watcher=False).enabled())
     assert HealthConfig(checks=("disk", "process")).enabled() == ["process", "disk"]
+
+
+def test_another_opensips_instance_is_not_counted_as_ours() -> None:
+    foreign_main, foreign_worker = ProcInfo(500, 1, NOW - 10, 10, 100), ProcInfo(501, 500, NOW - 10, 99, 100)
+    src = FakeSources(procs=[MAIN, WORKER, foreign_main, foreign_worker], pid_file=100)
+    assert "2 processes" in checks.check_process(CFG, src, {}).message
+    assert "pid 101" in checks.check_fds(CFG, src, {}).message  # not the foreign worker at 99%

@@ -43,6 +43,7 @@ def check_process(cfg: HealthConfig, src: Sources, state: dict[str, Any]) -> Che
     if main is None:
         state["running"] = False
         return CheckResult("process", Status.CRITICAL, f"{cfg.process_name} is not running")
+    procs = procfs.family(procs, main)
     uptime = max(0.0, src.now() - main.started)
     seen_before = "started" in state
     restarted = seen_before and (
@@ -153,6 +154,8 @@ def check_fds(cfg: HealthConfig, src: Sources, state: dict[str, Any]) -> CheckRe
     procs = src.processes()
     if not procs:
         return CheckResult("fds", Status.UNKNOWN, f"{cfg.process_name} is not running")
+    main = procfs.main_process(procs, src.pid_from_file())
+    procs = procfs.family(procs, main) if main is not None else procs
     known = [p for p in procs if p.fds is not None and p.fd_limit]
     if not known:
         return CheckResult("fds", Status.UNKNOWN, "cannot read /proc/PID/fd of opensips (run as root)")

@@ -34,7 +34,9 @@ class FilePos:
     head_len: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dev": self.dev, "inode": self.inode, "offset": self.offset, "head": self.head, "head_len": self.head_len}
+        return {
+            "dev": self.dev, "inode": self.inode, "offset": self.offset, "head": self.head, "head_len": self.head_len,
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Any) -> FilePos | None:
@@ -165,6 +167,6 @@ def scan(log_file: str, state: dict[str, Any] | None, on_line: Callable[[bytes],
         current = _continue(live, current, out, on_line)
     else:
         out.notes.append(f"{live} does not exist")
-    kept = {k: v.as_dict() for k, v in (("current", current), ("previous", previous)) if v is not None}
+    kept: dict[str, Any] = {k: v.as_dict() for k, v in (("current", current), ("previous", previous)) if v is not None}
     out.state = kept or {"waiting": True}
     return out

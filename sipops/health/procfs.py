@@ -84,6 +84,12 @@ def main_process(procs: list[ProcInfo], pid_from_file: int | None) -> ProcInfo |
     return min(roots, key=lambda p: p.started) if roots else None
 
 
+def family(procs: list[ProcInfo], main: ProcInfo) -> list[ProcInfo]:
+    """The main process and its children (OpenSIPS forks every worker from it): another instance's
+    processes, or a second OpenSIPS on the machine, are not ours."""
+    return [p for p in procs if p.pid == main.pid or p.ppid == main.pid]
+
+
 def read_pid_file(path: str) -> int | None:
     try:
         text = Path(path).read_text().strip()

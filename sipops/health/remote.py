@@ -7,7 +7,6 @@ they never take the cron job's log lines or status changes away from it.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +23,11 @@ REMOTE_TIMEOUT = 120
 
 
 class Runner(Protocol):
-    """What run_remote needs from a fabric.Connection."""
+    """What run_remote needs from a fabric.Connection: open() and the paramiko client."""
 
-    def run(self, command: str, **kwargs: Any) -> Any: ...
+    client: Any
+
+    def open(self) -> Any: ...
 
 
 def host_config(inv: Inventory, host: Host, **overrides: Any) -> HealthConfig:
@@ -41,6 +42,15 @@ def host_config(inv: Inventory, host: Host, **overrides: Any) -> HealthConfig:
 
 def _failed(host: str, message: str) -> Report:
     return Report(host, [CheckResult("ssh", Status.UNKNOWN, message)])
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line; invoke's ThreadException hides the real error in its threads."""
+    inner = [w.value for w in getattr(exc, "exceptions", []) if getattr(w, "value", None) is not None]
+    if inner:
+        exc = inner[0]
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def parse_reply(host: str, stdout: str) -> Report:
@@ -64,15 +74,22 @@ def parse_reply(host: str, stdout: str) -> Report:
 def run_remote(conn: Runner, cfg: HealthConfig, *, state_name: str = "remote", only: list[str] | None = None) -> Report:
     """Run the checks on the host behind `conn` (python3 needed there, nothing else)."""
     payload = {"config": cfg.as_dict(), "state_name": state_name, "only": only or []}
-    result = conn.run(
-        "python3 -", in_stream=io.StringIO(remote_script(payload)), hide=True, warn=True, timeout=REMOTE_TIMEOUT
-    )
-    if result.exited == 127:
+    # paramiko directly, not conn.run(in_stream=...): invoke feeds a non-terminal stream one byte
+    # per 10 ms, which would take minutes for the ~30 kB script.
+    conn.open()
+    stdin, stdout, stderr = conn.client.exec_command("python3 -", timeout=REMOTE_TIMEOUT)
+    stdin.write(remote_script(payload).encode())
+    stdin.flush()
+    stdin.channel.shutdown_write()
+    out = stdout.read().decode("utf-8", "replace")
+    err = stderr.read().decode("utf-8", "replace")
+    exited = stdout.channel.recv_exit_status()
+    if exited == 127:
         return _failed(cfg.host, "python3 not found on the host")
-    if result.exited != 0:
-        lines = (result.stderr or "").strip().splitlines()
-        return _failed(cfg.host, f"checks failed on the host: {lines[-1] if lines else result.exited}")
-    return parse_reply(cfg.host, result.stdout)
+    if exited != 0:
+        lines = err.strip().splitlines()
+        return _failed(cfg.host, f"checks failed on the host: {lines[-1] if lines else exited}")
+    return parse_reply(cfg.host, out)
 
 
 def run_hosts(
@@ -99,7 +116,7 @@ def run_hosts(
                 if close is not None:
                     close()
         except Exception as exc:  # SSH, host keys, timeouts: the host's result, not a crash
-            return _failed(host.name, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            return _failed(host.name, describe_error(exc))
 
     if not hosts:
         return []
