@@ -1,0 +1,159 @@
+"""sipops push against lab hosts over SSH: idempotence, validation on the host, health-gated rollback,
+kill -9 mid-transfer, host-key refusal. A stand-in role (data/push_e2e) replaces the base role, since
+lab hosts have no OpenSIPS: real rsyslog/logrotate/nft validators, a STAND-IN SIP service for the gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sipops.sip import options_ping
+from tests.e2e.conftest import Lab
+
+DATA = Path(__file__).parent.parent / "data" / "push_e2e"
+SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+FILES = [
+    "/etc/rsyslog.d/20-sipops-test.conf",
+    "/etc/logrotate.d/sipops-test",
+    "/etc/sipops-test/test.nft",
+    "/etc/sipops-test/standin.conf",
+    "/etc/systemd/system/sipops-standin-sip.service",
+    "/usr/local/lib/sipops-test/standin_sip.py",
+]
+BIG = "/var/lib/sipops-test/big.dat"
+
+
+class Site:
+    def __init__(self, lab: Lab, tmp: Path) -> None:
+        self.lab = lab
+        self.dir = tmp / "site"
+        shutil.copytree(DATA, self.dir)
+        self.inventory = self.dir / "inventory.yaml"
+        self.names = sorted(lab.hosts)[:2]
+        self.known_hosts = lab.dir / "ssh" / "known_hosts"
+        self.vars()
+
+    def vars(self, known_hosts: Path | None = None, **values: object) -> None:
+        ssh = {"user": "root", "key": str(self.lab.dir / "ssh" / "id_ed25519")}
+        ssh["known_hosts"] = str(known_hosts or self.known_hosts)
+        hosts = {n: {"address": self.lab.hosts[n], "vars": values} for n in self.names}
+        self.inventory.write_text(json.dumps({"defaults": {"ssh": ssh}, "hosts": hosts}))
+
+    def sipops(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = [*SIPOPS, args[0], *self.names, "-i", str(self.inventory), *args[1:]]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def hashes(self, name: str, paths: list[str]) -> dict[str, str]:
+        out = self.lab.exec(name, "sha256sum", *paths).stdout
+        return {line.split()[1]: line.split()[0] for line in out.splitlines()}
+
+
+@pytest.fixture(scope="module")
+def site(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Site:
+    return Site(lab, tmp_path_factory.mktemp("push"))
+
+
+def test_first_push_changes_files_and_the_second_reports_no_changes(site: Site) -> None:
+    first = site.sipops("push")
+    assert first.returncode == 0, first.stdout + first.stderr
+    for n in site.names:
+        assert (
+            f"{n}: changed 7 file(s); ran daemon-reload, restart rsyslog, load test table, restart standin"
+            in first.stdout
+        )
+        assert options_ping("udp", site.lab.hosts[n], 5060, timeout=2).alive
+    second = site.sipops("push")
+    assert second.returncode == 0
+    assert "no changes on any host; no handler ran" in second.stdout
+    diff = site.sipops("diff", "--exit-code")
+    assert diff.returncode == 0, diff.stdout
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "path"),
+    [
+        ("rsyslog_extra", "this is { not rsyslog", "/etc/rsyslog.d/20-sipops-test.conf"),
+        ("nft_extra", "tcp dport 5060 frobnicate", "/etc/sipops-test/test.nft"),
+    ],
+)
+def test_an_invalid_file_is_refused_on_the_host_and_live_hashes_stay(
+    site: Site, var: str, value: str, path: str
+) -> None:
+    site.vars()
+    assert site.sipops("push").returncode == 0
+    before = {n: site.hashes(n, FILES) for n in site.names}
+    site.vars(**{var: value})
+    res = site.sipops("push")
+    assert res.returncode == 1
+    assert f"(live {path} unchanged)" in res.stdout
+    assert {n: site.hashes(n, FILES) for n in site.names} == before
+
+
+def test_a_restart_that_fails_the_health_gate_is_rolled_back_and_the_old_config_serves(site: Site) -> None:
+    site.vars(standin_banner="good")
+    assert site.sipops("push").returncode == 0
+    before = {n: site.hashes(n, FILES) for n in site.names}
+    site.vars(standin_banner="bad", standin_crash=True)
+    res = site.sipops("push", "--gate-timeout", "3")
+    assert res.returncode == 1
+    assert "ROLLED BACK: health gate:" in res.stdout, res.stdout
+    assert "previous config restored" in res.stdout and "FAILED too" not in res.stdout
+    assert "refusing to start (crash = yes)" in res.stdout  # journalctl lines of the unit
+    assert {n: site.hashes(n, FILES) for n in site.names} == before
+    for n in site.names:
+        probe = options_ping("udp", site.lab.hosts[n], 5060, timeout=2)
+        assert probe.alive, probe.describe()
+
+
+def test_killing_the_push_mid_transfer_leaves_every_file_old_or_new(site: Site) -> None:
+    site.vars()
+    assert site.sipops("push").returncode == 0
+    paths = [*FILES, BIG]
+    for i, delay in enumerate([0.4, 0.7, 1.0, 1.4]):
+        old = {n: site.hashes(n, paths) for n in site.names}
+        site.vars(standin_banner=f"round{i}", big_kb=40000)
+        argv = [*SIPOPS, "push", *site.names, "-i", str(site.inventory)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # The render of this round gives the only acceptable "new" content.
+        rendered = site.dir / "out"
+        shutil.rmtree(rendered, ignore_errors=True)
+        subprocess.run([*SIPOPS, "render", "all", "-i", str(site.inventory), "-o", str(rendered)], check=True)
+        for n in site.names:
+            _wait_idle(site, n)
+            now = site.hashes(n, paths)
+            for p in paths:
+                new = subprocess.run(["sha256sum", str(rendered / n / p.lstrip("/"))], capture_output=True, text=True)
+                assert now[p] in (old[n][p], new.stdout.split()[0]), f"{n}:{p} is neither old nor new"
+            left = site.lab.exec(n, "sh", "-c", "find /etc /usr/local/lib /var/lib/sipops-test -name '*.sipops-new'")
+            assert left.stdout.strip() == ""
+
+
+def _wait_idle(site: Site, name: str) -> None:
+    """The host finishes a detached apply on its own: wait for the lock to be free."""
+    res = site.lab.exec(name, "flock", "-w", "60", "/var/lib/sipops/lock", "true")
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_changed_host_key_refuses_the_connection_clearly(site: Site, tmp_path: Path) -> None:
+    lines = site.known_hosts.read_text().splitlines()
+    a, b = site.lab.hosts[site.names[0]], site.lab.hosts[site.names[1]]
+    key_of_b = next(line.split(" ", 1)[1] for line in lines if line.startswith(b + " "))
+    wrong = [line for line in lines if not line.startswith(a + " ")] + [f"{a} {key_of_b}"]
+    bad = tmp_path / "known_hosts"
+    bad.write_text("\n".join(wrong) + "\n")
+    site.vars(known_hosts=bad)
+    res = site.sipops("push")
+    assert res.returncode == 1
+    assert f"host key of {site.names[0]} ({a}) differs from the one in {bad}: refusing to connect" in res.stdout
+    other = next(line for line in res.stdout.splitlines() if line.startswith(site.names[1] + " "))
+    assert other.split()[1] in ("unchanged", "changed")  # the other host is pushed as usual
