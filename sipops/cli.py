@@ -360,6 +360,9 @@ def rollback(
 from sipops.monitor.ban_cli import register as _register_ban_commands  # noqa: E402
 
 _register_ban_commands(app)  # watch, ban, unban, bans
+from sipops.tuning.cli import register as _register_tune_command  # noqa: E402
+
+_register_tune_command(app)  # tune-tcp
 from sipops.lab.cli import app as lab_app  # noqa: E402
 
 app.add_typer(lab_app, name="lab")

@@ -1,0 +1,1 @@
+"""sipops tune-tcp: TCP and file-descriptor limits from one target, applied and verified."""
