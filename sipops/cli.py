@@ -332,6 +332,44 @@ def push(
 
 
 @app.command()
+def install(
+    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    inventory: InventoryOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="Say what each phase would do; change nothing")] = False,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip",
+            help="Skip a phase (repeatable): dependencies, opensips, sipops agent, database, "
+            "firewall, logging, service, verify. Skipping opensips also skips database, service, verify.",
+        ),
+    ] = None,
+    forks: ForksOpt = 10,
+    lock_timeout: LockTimeoutOpt = 60,
+    gate_timeout: GateTimeoutOpt = 20,
+    local: LocalOpt = False,
+    accept_new_host_key: AcceptNewOpt = False,
+) -> None:
+    """Take hosts from bare Linux to a running, tuned, logging, firewalled OpenSIPS; a second run changes nothing."""
+    from sipops.provision.install_cli import SKIPPABLE
+    from sipops.provision.install_cli import install as run_install
+    from sipops.remote import fleet
+    from sipops.remote.apply import PushOptions
+    from sipops.types import suggest
+
+    opts = PushOptions(lock_timeout=lock_timeout, gate_timeout=gate_timeout)
+    try:
+        for name in skip or []:
+            if name not in SKIPPABLE:
+                raise InputError(f"unknown phase '{name}'{suggest(name, list(SKIPPABLE))}", field="--skip")
+        t = fleet.load_targets(inventory, targets, local=local, accept_new=accept_new_host_key)
+        fleet.render_all(t)  # every template renders and lints before any host is touched
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(run_install(t, sys.stdout, forks=forks, check=check, skip=set(skip or []), opts=opts))
+
+
+@app.command()
 def rollback(
     targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,

@@ -19,7 +19,7 @@ import sipops.sip
 from sipops.inventory import Host, Inventory, Origin
 from sipops.provision import agent, plan
 from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
-from sipops.provision.runner import InstallFacts, Runner, gather, run_steps
+from sipops.provision.runner import InstallFacts, ShellRunner, gather, run_steps
 from sipops.provision.steps import PhasePlan, Step, StepResult, q
 
 WHEEL_CACHE = Path("~/.cache/sipops/wheelhouse").expanduser()
@@ -66,7 +66,8 @@ class InstallReport:
 
 
 # The files phase: push the host's rendered files (validated, atomic); the push engine provides it.
-PushFiles = Callable[[Host, bool], PhaseReport]
+# Arguments: the host, check mode, and whether OpenSIPS is still to be installed (check mode only).
+PushFiles = Callable[[Host, bool, bool], PhaseReport]
 
 
 def with_operator_allowed(host: Host, facts: InstallFacts) -> Host:
@@ -112,10 +113,11 @@ def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
 def install_host(
     inv: Inventory,
     host: Host,
-    runner: Runner,
+    runner: ShellRunner,
     *,
     check: bool,
     push_files: PushFiles,
+    skip: set[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> InstallReport:
     report = InstallReport(host.name)
@@ -142,7 +144,9 @@ def install_host(
     host = with_operator_allowed(host, facts)
     backend = plan.firewall_backend(osinfo, facts.has_nft, facts.firewalld)
     marker = f"sipops install probe {secrets.token_hex(6)}"
-    phases = plan.install_plan(inv, host, osinfo, firewall=backend, log_marker=marker)
+    phases = plan.install_plan(
+        inv, host, osinfo, firewall=backend, log_marker=marker, in_container=bool(facts.container)
+    )
     by_name = {p.name: p for p in phases}
     order = [
         "dependencies",
@@ -150,6 +154,7 @@ def install_host(
         "directories",
         "sipops agent",
         "files",
+        "limits",
         "database",
         "firewall",
         "logging",
@@ -157,7 +162,11 @@ def install_host(
         "verify",
     ]
     ctx_sockets = plan.inputs(inv, host, osinfo)[1]["sip_sockets"]
+    skip = skip or set()
     for name in order:
+        if name in skip:
+            record(PhaseReport(name, note="skipped (--skip)"))
+            continue
         if name == "sipops agent":
             try:
                 tar, stamp = agent.build_wheelhouse(WHEEL_CACHE, facts.python or "3", facts.arch)
@@ -167,7 +176,8 @@ def install_host(
                 continue
             phase: PhasePlan | None = agent.agent_phase(tar, stamp)
         elif name == "files":
-            if not record(push_files(host, check)):
+            pending = any(p.name == "opensips" and p.changed for p in report.phases)
+            if not record(push_files(host, check, pending)):
                 return report
             continue
         elif name == "verify":
@@ -195,7 +205,9 @@ def format_phase(host: str, phase: PhaseReport) -> str:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do"
     head = f"{host}: {phase.name}: {'FAILED' if phase.failed else summary}"
-    if phase.note:
+    if phase.note.startswith("skipped") and not phase.results:
+        head = f"{host}: {phase.name}: {phase.note}"
+    elif phase.note:
         head += f" ({phase.note})"
     lines.append(head)
     for r in phase.results:

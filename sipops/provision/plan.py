@@ -37,8 +37,7 @@ def inputs(inv: Inventory, host: Host, os: OsInfo) -> tuple[phases.InstallInputs
         packages=tuple(pkgs),
         release=release,
         source=ctx.get("opensips_source_url") or phases.SOURCE_URL.format(release=release),
-        yum_release_rpm=ctx.get("opensips_yum_release_rpm")
-        or YUM_RELEASE_RPM.format(version=lay.version, el=os.el),
+        yum_release_rpm=ctx.get("opensips_yum_release_rpm") or YUM_RELEASE_RPM.format(version=lay.version, el=os.el),
     )
     return inp, ctx
 
@@ -68,7 +67,13 @@ def firewall_backend(os: OsInfo, facts_has_nft: bool, facts_has_firewalld: bool)
 
 
 def install_plan(
-    inv: Inventory, host: Host, os: OsInfo, *, firewall: str = "nftables", log_marker: str = "sipops install probe"
+    inv: Inventory,
+    host: Host,
+    os: OsInfo,
+    *,
+    firewall: str = "nftables",
+    log_marker: str = "sipops install probe",
+    in_container: bool = False,
 ) -> list[PhasePlan]:
     """Every phase's steps, in order. Files (cfg, rsyslog, logrotate, limits, units, nft) go through push."""
     inp, ctx = inputs(inv, host, os)
@@ -81,6 +86,7 @@ def install_plan(
         phases.dependencies(inp),
         phases.opensips(inp),
         phases.directories(inp.layout),
+        services.limits_check(in_container),
         services.database(inp.layout, services.parse_db_url(ctx["db_url"]), database_schemas(ctx)),
     ]
     if ctx["firewall"]:

@@ -3,61 +3,40 @@
 from __future__ import annotations
 
 import base64
-import io
 import shlex
-import subprocess
 from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Protocol
+from pathlib import Path, PurePosixPath
 
 from sipops.provision.steps import Step, StepResult, parse, script
+from sipops.remote.runner import RemoteError, Runner
 
 
-class Runner(Protocol):
-    """Runs a shell script on one host and sends files to it."""
+class ShellRunner:
+    """Runs phase scripts through the push engine's runner (one SSH connection, sudo when not root)."""
 
-    name: str
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.name = runner.name
 
-    def sh(self, text: str, *, timeout: float, root: bool = True) -> tuple[int, str]: ...
-    def put(self, local: str, remote: str) -> None: ...
-
-
-@dataclass
-class LocalRunner:
-    """This machine (`--local`)."""
-
-    name: str = "localhost"
-
-    def sh(self, text: str, *, timeout: float, root: bool = True) -> tuple[int, str]:
-        proc = subprocess.run(["sh", "-s"], input=text, capture_output=True, text=True, timeout=timeout, check=False)
-        return proc.returncode, proc.stdout + proc.stderr
+    def sh(self, text: str, *, timeout: float) -> tuple[int, str]:
+        # $SSH_CLIENT is expanded by the login shell before sudo, which would drop it.
+        out = self.runner.exec('env SIPOPS_SSH_CLIENT="$SSH_CLIENT" sh -s', text.encode(), timeout)
+        return out.rc, (out.stdout + out.stderr).decode(errors="replace")
 
     def put(self, local: str, remote: str) -> None:
-        subprocess.run(["install", "-D", "-m", "0600", local, remote], check=True)
+        """Send a file over the same connection (stdin of one command), renamed into place whole."""
+        path = PurePosixPath(remote)
+        tmp = f"{path.parent}/.{path.name}.sipops-tmp"
+        cmd = (
+            f"install -d -m 0755 {shlex.quote(str(path.parent))} && cat > {shlex.quote(tmp)}"
+            f" && mv -f {shlex.quote(tmp)} {shlex.quote(remote)}"
+        )
+        out = self.runner.exec(cmd, Path(local).read_bytes(), 600)
+        if out.rc != 0:
+            raise RemoteError(f"upload of {remote} failed: {out.stderr.decode(errors='replace').strip()}")
 
 
-class SSHRunner:
-    """A host over one Fabric connection (kept open for every phase), through sudo when not root."""
-
-    def __init__(self, name: str, conn: object, *, sudo: bool) -> None:
-        self.name = name
-        self.conn = conn
-        self.sudo = sudo
-
-    def sh(self, text: str, *, timeout: float, root: bool = True) -> tuple[int, str]:
-        cmd = "sudo -n sh -s" if self.sudo and root else "sh -s"
-        res = self.conn.run(cmd, in_stream=io.StringIO(text), hide=True, warn=True, timeout=timeout)  # type: ignore[attr-defined]
-        return int(res.exited), str(res.stdout) + str(res.stderr)
-
-    def put(self, local: str, remote: str) -> None:
-        parent = str(PurePosixPath(remote).parent)
-        tmp = f"/tmp/sipops-upload-{PurePosixPath(remote).name}"
-        self.conn.put(local, tmp)  # type: ignore[attr-defined]
-        move = f"install -d -m 0755 {shlex.quote(parent)} && mv -f {shlex.quote(tmp)} {shlex.quote(remote)}"
-        self.sh(move, timeout=60)
-
-
-def run_steps(runner: Runner, steps: list[Step], *, check: bool, timeout: float = 1800) -> list[StepResult]:
+def run_steps(runner: ShellRunner, steps: list[Step], *, check: bool, timeout: float = 1800) -> list[StepResult]:
     """Uploads first (skipped in check mode), then the phase script in one round trip."""
     if not check:
         for step in steps:
@@ -74,7 +53,8 @@ echo "arch=$(uname -m)"
 echo "has_nft=$(command -v nft >/dev/null 2>&1 && echo 1)"
 echo "firewalld=$(systemctl is-active -q firewalld 2>/dev/null && echo 1)"
 echo "systemd=$(test -d /run/systemd/system && echo 1)"
-echo "ssh_client=${SSH_CLIENT%% *}"
+echo "container=$(systemd-detect-virt -c 2>/dev/null)"
+echo "ssh_client=${SIPOPS_SSH_CLIENT%% *}"
 echo "os_release_b64=$(base64 -w0 /etc/os-release 2>/dev/null)"
 """
 
@@ -88,11 +68,11 @@ class InstallFacts:
     firewalld: bool
     systemd: bool
     ssh_client: str  # the operator's source address as the host sees it (never to be locked out)
+    container: str = ""  # systemd-nspawn, lxc, docker… ("" on a VM or bare metal)
 
 
-def gather(runner: Runner) -> InstallFacts:
-    # Not through sudo: sudo drops SSH_CLIENT, and none of this needs root.
-    _, out = runner.sh(FACTS_SCRIPT, timeout=60, root=False)
+def gather(runner: ShellRunner) -> InstallFacts:
+    _, out = runner.sh(FACTS_SCRIPT, timeout=60)
     data = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     return InstallFacts(
         python=data.get("python") or None,
@@ -102,4 +82,5 @@ def gather(runner: Runner) -> InstallFacts:
         firewalld=data.get("firewalld") == "1",
         systemd=data.get("systemd") == "1",
         ssh_client=data.get("ssh_client", ""),
+        container="" if data.get("container", "none") in ("", "none") else data["container"],
     )

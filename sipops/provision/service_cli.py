@@ -39,8 +39,10 @@ def service_action(host: Host, action: str, *, accept_new_host_key: bool = False
         cmd = f"systemctl is-active {unit}; systemctl status {unit} --no-pager -n 5 2>&1 | head -n 12; true"
     else:
         # On failure, the lines that say why: the unit's own journal.
-        cmd = (f"systemctl {action} {unit}; rc=$?; systemctl is-active {unit};"
-               f" if [ $rc -ne 0 ]; then journalctl -u {unit} -n 20 --no-pager; fi; exit $rc")
+        cmd = (
+            f"systemctl {action} {unit}; rc=$?; systemctl is-active {unit};"
+            f" if [ $rc -ne 0 ]; then journalctl -u {unit} -n 20 --no-pager; fi; exit $rc"
+        )
     try:
         with connect(host, accept_new_host_key=accept_new_host_key) as conn:
             res = conn.run(as_root(host, cmd), hide=True, warn=True)

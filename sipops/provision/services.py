@@ -219,3 +219,22 @@ def logging_proof(log_file: str, facility: str, marker: str) -> PhasePlan:
             Step(f"OpenSIPS log lines ({facility}) arrive in {log_file}", run, verify=True),
         ],
     )
+
+
+SYSCTL_FILE = "/etc/sysctl.d/60-sipops.conf"
+
+
+def limits_check(in_container: bool) -> PhasePlan:
+    """Every key of our sysctl file reads back as written; in a container fs.* belong to its host."""
+    skip_fs = (
+        'case "$k" in fs.*) echo "$k: set it on the container host (read-only here)"; continue;; esac;'
+        if in_container
+        else ""
+    )
+    run = (
+        "fail=0; while IFS='=' read -r k v; do k=$(echo $k); v=$(echo $v);"
+        ' case "$k" in ""|\\#*) continue;; esac; ' + skip_fs + ' cur=$(sysctl -n "$k" 2>/dev/null | tr -s "\\t " "  ");'
+        ' if [ "$cur" != "$v" ]; then echo "$k is \'$cur\', want \'$v\'"; fail=1; fi;'
+        f" done < {SYSCTL_FILE}; exit $fail"
+    )
+    return PhasePlan("limits", steps=[Step(f"kernel settings of {SYSCTL_FILE} are live", run, verify=True)])

@@ -1,0 +1,110 @@
+"""`sipops install` on a lab host: every phase but OpenSIPS itself for real, then nothing to change.
+
+The lab hosts cannot get OpenSIPS here (no package registry carries it), so the runs use
+`--skip opensips`; the OpenSIPS phase's command plan is asserted from `--check`. A run with a real
+OpenSIPS build is the needs_opensips test below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from sipops.cli import app
+
+from .conftest import Lab
+
+pytestmark = pytest.mark.e2e
+HOST = "h3"
+
+
+def sipops(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(app, list(args))
+    return res.exit_code, res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(lab: Lab) -> Iterator[tuple[int, str]]:
+    """One real install of HOST; afterwards its firewall is taken down so other tests see an open host."""
+    yield sipops("install", HOST, "-i", str(lab.inventory), "--skip", "opensips")
+    lab.exec(HOST, "sh", "-c", "systemctl disable --now sipops-firewall; nft delete table inet sipops; true")
+
+
+def test_the_first_install_runs_every_phase_and_succeeds(installed: tuple[int, str]) -> None:
+    code, out = installed
+    assert code == 0, out
+    for phase in ("os", "dependencies", "sipops agent", "files", "limits", "firewall", "logging"):
+        assert f"{HOST}: {phase}: " in out, (phase, out)
+    assert f"{HOST}: opensips: skipped" in out
+    assert "Debian GNU/Linux 12" in out
+
+
+def test_missing_packages_were_installed_through_the_package_manager(lab: Lab, installed: tuple[int, str]) -> None:
+    # curl is not in the lab's base: the dependencies phase had to apt-get it
+    assert "install packages" in installed[1]
+    res = lab.exec(HOST, "dpkg-query", "-W", "-f=${Status}", "curl")
+    assert res.returncode == 0 and "ok installed" in res.stdout
+
+
+def test_sipops_runs_on_the_host_from_the_uploaded_wheelhouse(lab: Lab, installed: tuple[int, str]) -> None:
+    res = lab.exec(HOST, "/opt/sipops/bin/sipops", "--version")
+    assert res.returncode == 0 and res.stdout.startswith("sipops "), res.stderr
+
+
+def test_the_firewall_is_up_and_ssh_still_works(lab: Lab, installed: tuple[int, str]) -> None:
+    res = lab.exec(HOST, "nft", "list", "chain", "inet", "sipops", "input")
+    assert res.returncode == 0 and "policy drop" in res.stdout
+    assert "udp dport 5060 accept" in res.stdout
+    assert lab.exec(HOST, "systemctl", "is-enabled", "sipops-firewall").stdout.strip() == "enabled"
+    # a new SSH session after the firewall went up: the operator is never locked out
+    assert lab.exec(HOST, "true").returncode == 0
+    allow = lab.exec(HOST, "nft", "list", "set", "inet", "sipops", "allow4").stdout
+    assert lab.state.naming.bridge_address.exploded in allow
+
+
+def test_opensips_log_lines_reach_their_own_file(lab: Lab, installed: tuple[int, str]) -> None:
+    res = lab.exec(HOST, "grep", "-c", "sipops install probe", "/var/log/opensips.log")
+    assert res.returncode == 0 and int(res.stdout) >= 1
+    assert lab.exec(HOST, "test", "-s", "/etc/logrotate.d/opensips").returncode == 0
+
+
+def test_limits_are_live(lab: Lab, installed: tuple[int, str]) -> None:
+    assert lab.exec(HOST, "sysctl", "-n", "net.core.somaxconn").stdout.strip() == "4096"
+    drop_in = lab.exec(HOST, "cat", "/etc/systemd/system/opensips.service.d/sipops.conf").stdout
+    assert "LimitNOFILE=65536" in drop_in
+
+
+def test_a_second_install_changes_nothing(lab: Lab, installed: tuple[int, str]) -> None:
+    code, out = sipops("install", HOST, "-i", str(lab.inventory), "--skip", "opensips")
+    assert code == 0, out
+    assert f"{HOST}  no changes" in out, out
+    assert " changed" not in out.replace("no changes", ""), out
+
+
+def test_check_shows_the_opensips_plan_without_changing_anything(lab: Lab, installed: tuple[int, str]) -> None:
+    code, out = sipops("install", HOST, "-i", str(lab.inventory), "--check")
+    assert code == 0, out
+    assert "would   repository key (signed-by keyring, not apt-key)" in out
+    assert "would   repository 3.6-releases for bookworm" in out
+    assert "would   install OpenSIPS: opensips" in out
+    assert lab.exec(HOST, "test", "-e", "/etc/apt/sources.list.d/opensips.list").returncode == 1
+
+
+def test_an_unreachable_host_fails_alone(lab: Lab, installed: tuple[int, str], tmp_path) -> None:
+    text = lab.inventory.read_text()
+    bad = tmp_path / "inventory.yaml"
+    # 198.18.0.250 / 198.19.x.250 is inside the lab range with nothing there (the guard route makes it fail fast)
+    network = lab.state.naming.network
+    ghost = str(network[250])
+    bad.write_text(
+        text.replace("hosts:\n", f"hosts:\n  ghost:\n    address: {ghost}\n    ssh: {{connect_timeout: 2}}\n", 1)
+    )
+    for rel in ("ssh",):
+        os.symlink(lab.inventory.parent / rel, tmp_path / rel)
+    code, out = sipops("install", "ghost", HOST, "-i", str(bad), "--skip", "opensips")
+    assert code == 1
+    # h3 goes on (its files change: the fleet it allowlists now has a ghost member)
+    assert "ghost  FAILED  facts:" in out and f"\n{HOST}     changed" in out, out
