@@ -60,8 +60,25 @@ class Bench:
         self.inventory.write_text(yaml.safe_dump(self.inv_data))
 
     def ssh(self, addr: str, command: str) -> subprocess.CompletedProcess[str]:
-        return sh(["ssh", "-F", "/dev/null", "-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                   "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known}", f"root@{addr}", command])  # fmt: skip
+        return sh(
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                str(self.key),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={self.known}",
+                f"root@{addr}",
+                command,
+            ]
+        )
 
     def all_hosts(self, command: str) -> None:
         with ThreadPoolExecutor(10) as pool:
@@ -84,8 +101,17 @@ class Bench:
                 p = out / h.name / f.dest.lstrip("/")
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(f.content)
-                files.append({"dest": f.dest, "src": str(p), "mode": f.mode, "owner": f.owner, "group": f.group,
-                              "validate": f.validate, "notify": list(f.notify)})  # fmt: skip
+                files.append(
+                    {
+                        "dest": f.dest,
+                        "src": str(p),
+                        "mode": f.mode,
+                        "owner": f.owner,
+                        "group": f.group,
+                        "validate": f.validate,
+                        "notify": list(f.notify),
+                    }
+                )
             spec[h.name] = {"files": files, "handlers": r.handlers}
         return spec
 
@@ -110,8 +136,19 @@ class Bench:
     def run_pyinfra(self) -> float:
         spec = self.render()
         (self.work / "spec.json").write_text(json.dumps(spec))
-        hosts = [(a, {"ssh_user": "root", "ssh_key": str(self.key), "ssh_known_hosts_file": str(self.known),
-                      "ssh_strict_host_key_checking": "yes", "sipops_name": n}) for n, a in self.hosts.items()]  # fmt: skip
+        hosts = [
+            (
+                a,
+                {
+                    "ssh_user": "root",
+                    "ssh_key": str(self.key),
+                    "ssh_known_hosts_file": str(self.known),
+                    "ssh_strict_host_key_checking": "yes",
+                    "sipops_name": n,
+                },
+            )
+            for n, a in self.hosts.items()
+        ]
         (self.work / "pyinfra_inventory.py").write_text(f"hosts = {hosts!r}\n")
         (self.work / "deploy.py").write_text(PYINFRA_DEPLOY.replace("SPEC", str(self.work / "spec.json")))
         argv = [str(self.venv / "bin" / "pyinfra"), "-y", "--parallel", "10", "pyinfra_inventory.py", "deploy.py"]
@@ -142,8 +179,11 @@ class Bench:
         (self.work / "site.yml").write_text(ansible_playbook(handlers))  # type: ignore[arg-type]
         argv = [str(self.venv / "bin" / "ansible-playbook"), "-i", "hosts.ini", "site.yml"]
         t = time.monotonic()
-        res = sh(argv, cwd=self.work, env={"PATH": f"{self.venv}/bin:/usr/bin:/bin", "ANSIBLE_CONFIG": "ansible.cfg",
-                                         "HOME": str(self.work)})  # fmt: skip
+        res = sh(
+            argv,
+            cwd=self.work,
+            env={"PATH": f"{self.venv}/bin:/usr/bin:/bin", "ANSIBLE_CONFIG": "ansible.cfg", "HOME": str(self.work)},
+        )
         took = time.monotonic() - t
         if res.returncode:
             raise SystemExit(f"ansible failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}")
