@@ -235,3 +235,21 @@ def test_netstat_counters_and_their_delta(tmp_path: Path) -> None:
     earlier = type(later)(syncookies_sent=2700, listen_overflows=5)
     assert later.delta(earlier).syncookies_sent == 43
     assert read_netstat(f"{tmp_path}/missing") is None
+
+
+@needs_netlink
+def test_time_wait_mixed_with_established_counts_the_same_in_one_dump_or_split(loop: Loopback) -> None:
+    lsn, port = loop.listen()
+    clients = loop.connect(lsn, 4)
+    client_ports = [c.getsockname()[1] for c in clients]
+    for cli, srv in zip(clients[:2], loop.accepted[:2], strict=True):
+        cli.close()  # the client closes first, then the server: the client's end goes to TIME_WAIT
+        srv.close()
+    ports, states = [port, *client_ports], list(TcpState)
+    sockdiag._MIXED.clear()
+    single = scan(ports, states)  # one dump; its buffers mix full and TIME_WAIT sizes
+    assert sockdiag._MIXED  # so the next scan splits
+    split = scan(ports, states)
+    assert single.counts == split.counts
+    assert {s for (_p, s, _ip) in split.counts} >= {TcpState.TIME_WAIT, TcpState.ESTABLISHED}
+    assert sum(n for (_p, s, _ip), n in split.counts.items() if s == TcpState.TIME_WAIT) == 2
