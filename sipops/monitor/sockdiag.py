@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import itemgetter
+from itertools import count as naturals
+from operator import itemgetter, ne
 from typing import Any
 
 NETLINK_SOCK_DIAG = 4
@@ -132,31 +133,50 @@ def _rows(
 ) -> tuple[list[tuple[Any, ...]], bool]:
     """The decoded SOCK_DIAG_BY_FAMILY messages in buf[:n], and whether NLMSG_DONE was seen.
 
-    A buffer of equally sized messages (the usual case) is decoded by one iter_unpack; a mixed
-    one (TIME_WAIT and request sockets carry no attributes, so they are shorter) is walked for
-    message offsets and decoded by unpack_from over them, both in C.
+    Runs of equally sized messages (the usual case) are decoded by iter_unpack, and the first
+    message of another size (TIME_WAIT and request sockets carry no attributes: shorter) is found
+    by comparing the decoded headers, in C too. A buffer with many such breaks is walked message
+    by message for offsets instead, decoded by unpack_from over them.
     """
-    if n >= _MSG_MIN:
-        ln, typ = _LEN_TYPE.unpack_from(buf, 0)
-        step = (ln + 3) & ~3
-        k = n // step if step else 0
-        if (
-            typ == SOCK_DIAG_BY_FAMILY
-            and ln >= _MSG_MIN
-            and k * step == n
-            and _LEN_TYPE.unpack_from(buf, n - step) == (ln, typ)
-            and _LEN_TYPE.unpack_from(buf, (k // 2) * step) == (ln, typ)
-        ):
-            st = formats.get(step)
+    out: list[tuple[Any, ...]] = []
+    fixed = formats.get(0)
+    if fixed is None:
+        fixed = formats[0] = fmt_for(_MSG_MIN)
+    unpack = _LEN_TYPE.unpack_from
+    off, breaks = 0, 0
+    while off + 16 <= n and breaks < _MAX_BREAKS:
+        ln, typ = unpack(buf, off)
+        if typ == SOCK_DIAG_BY_FAMILY and ln >= _MSG_MIN and not ln & 3:
+            k = (n - off) // ln
+            st = formats.get(ln)
             if st is None:
-                st = formats[step] = fmt_for(step)
-            rows = list(st.iter_unpack(buf[:n]))
-            if list(map(_HEAD, rows)).count((ln, typ)) == k:
-                return rows, False
+                st = formats[ln] = fmt_for(ln)
+            rows = list(st.iter_unpack(buf[off : off + k * ln]))
+            good = (ln, typ)
+            heads = list(map(_HEAD, rows))
+            if heads.count(good) == k:
+                out += rows
+                off += k * ln
+                continue
+            i = next(compress(naturals(), map(ne, heads, repeat(good))))  # the first message of another kind
+            out += rows[:i]
+            off += i * ln
+            breaks += 1
+            continue
+        if ln < 16:
+            raise OSError(errno.EPROTO, "sock_diag: malformed netlink message")
+        if typ == NLMSG_DONE:
+            return out, True
+        if typ == NLMSG_ERROR:
+            (code,) = _ERR.unpack_from(buf, off + 16)
+            if code:
+                _raise_nlerr(code, "sock_diag dump")
+        elif typ == SOCK_DIAG_BY_FAMILY and ln >= _MSG_MIN:
+            out.append(fixed.unpack_from(buf, off))
+        off += (ln + 3) & ~3
     offsets: list[int] = []
     append = offsets.append
-    unpack = _LEN_TYPE.unpack_from
-    off, last, done = 0, n - 16, False
+    last, done = n - 16, False
     while off <= last:
         ln, typ = unpack(buf, off)
         if typ == SOCK_DIAG_BY_FAMILY and ln >= _MSG_MIN and not ln & 3:  # the usual message: fast loop
@@ -175,12 +195,11 @@ def _rows(
         elif typ == SOCK_DIAG_BY_FAMILY and ln >= _MSG_MIN:
             append(off)
         off += (ln + 3) & ~3
-    fixed = formats.get(0)
-    if fixed is None:
-        fixed = formats[0] = fmt_for(_MSG_MIN)
-    return list(map(fixed.unpack_from, repeat(buf, len(offsets)), offsets)), done
+    out += map(fixed.unpack_from, repeat(buf, len(offsets)), offsets)
+    return out, done
 
 
+_MAX_BREAKS = 6  # per receive buffer, before walking it instead
 _HEAD = itemgetter(0, 1)
 
 
