@@ -114,16 +114,22 @@ def test_inventory_is_yaml_in_the_sipops_format(tmp_path: Path) -> None:
         },
     }
     # this machine (the bridge) is the operator: allowlisted on every host
-    assert data["defaults"]["vars"] == {"allowlist": ["198.18.0.1/32"]}
+    assert data["defaults"]["vars"]["allowlist"] == ["198.18.0.1/32"]
 
 
 def test_opensips_prefix_becomes_an_existing_install_in_the_inventory(tmp_path: Path) -> None:
     data = yaml.safe_load(inventory_text(_state(tmp_path, opensips_prefix=Path("/opt/opensips"))))
-    assert data["defaults"]["vars"] == {
-        "allowlist": ["198.18.0.1/32"],
-        "opensips_install": "existing",
-        "opensips_prefix": "/opt/opensips",
-    }
+    assert data["defaults"]["vars"]["opensips_install"] == "existing"
+    assert data["defaults"]["vars"]["opensips_prefix"] == "/opt/opensips"
+
+
+def test_open_files_limit_follows_what_the_lab_can_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 20000))
+    assert yaml.safe_load(inventory_text(_state(tmp_path)))["defaults"]["vars"]["open_files_limit"] == 20000
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1048576))
+    assert "open_files_limit" not in yaml.safe_load(inventory_text(_state(tmp_path)))["defaults"]["vars"]
 
 
 def test_written_inventory_loads_with_the_inventory_module(tmp_path: Path) -> None:

@@ -101,6 +101,19 @@ def status(directory: DirOption = None) -> None:
 
 
 @app.command()
+def restart(
+    name: Annotated[str, typer.Argument(help="Host to reboot (power off, boot again on the same layer).")],
+    directory: DirOption = None,
+) -> None:
+    """Reboot a lab host: what is enabled at boot comes back, what is not stays down."""
+    try:
+        seconds = lifecycle.restart(lifecycle.lab_dir(directory), name)
+    except (InputError, LabError) as exc:
+        _fail(exc)
+    _err(f"{name} rebooted; SSH answers after {seconds:.1f}s")
+
+
+@app.command()
 def shell(
     name: Annotated[str, typer.Argument(help="Host (root shell over SSH) or attacker (shell in its namespace).")],
     directory: DirOption = None,

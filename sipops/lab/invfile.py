@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from sipops.lab.rootfs import CLIENT_KEY
 from sipops.lab.state import LabState
 
 INVENTORY_FILE = "inventory.yaml"
+OPEN_FILES_DEFAULT = 65536  # roles/common.yaml open_files_limit
 KNOWN_HOSTS = Path("ssh") / "known_hosts"
 
 
@@ -45,9 +47,15 @@ def inventory_data(state: LabState) -> dict[str, Any]:
     hosts = state.hosts()
     # This machine is the lab's operator: allowlisted (never banned, reaches MI) on every host.
     operator = state.naming.bridge_address
+    lab_vars: dict[str, Any] = {"allowlist": [f"{operator}/32"]}
+    # Hosts inherit this machine's hard RLIMIT_NOFILE and cannot raise it (nspawn drops CAP_SYS_RESOURCE):
+    # OpenSIPS would refuse to start asking for more, so the lab inventory says what the lab can hold.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < OPEN_FILES_DEFAULT:
+        lab_vars["open_files_limit"] = int(hard)
     defaults: dict[str, Any] = {
         "ssh": {"user": "root", "port": 22, "key": str(CLIENT_KEY), "known_hosts": str(KNOWN_HOSTS)},
-        "vars": {"allowlist": [f"{operator}/32"]},
+        "vars": lab_vars,
     }
     if state.opensips_prefix:
         defaults["vars"].update(opensips_install="existing", opensips_prefix=state.opensips_prefix)

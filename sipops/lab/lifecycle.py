@@ -196,6 +196,22 @@ def down(directory: Path, *, log: Callable[[str], None] = print) -> bool:
     return True
 
 
+def restart(directory: Path, name: str, *, timeout: float = 60.0) -> float:
+    """Power a host off and boot it again on the same layer, as a reboot would; seconds until SSH answers."""
+    started = time.monotonic()
+    preflight(need=("systemd-nspawn",))
+    state = LabState.load(directory)
+    if state is None or not state.members:
+        raise InputError(f"no lab in {directory}; start one with `sipops lab up`")
+    member = state.member(name)
+    if member.kind != "host":
+        raise InputError(f"{name} is an attacker (a bare namespace): only hosts boot", field="HOST")
+    hosts.stop(state, [member])
+    hosts.start(state, member)
+    hosts.wait_ssh(state, [member], timeout=timeout)
+    return time.monotonic() - started
+
+
 def destroy(directory: Path, *, log: Callable[[str], None] = print) -> None:
     """`down`, then remove the cached base filesystems too."""
     preflight(need=())

@@ -96,6 +96,8 @@ def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
         "    bad += not res.alive\n"
         "sys.exit(1 if bad else 0)\n"
     )
+    log_file = str(host.vars["log_file"])
+    started = f"sipops: OpenSIPS started on {host.name} "  # the cfg's startup_route writes it
     targets = " ".join(q(f"{s['proto']}:{s['address']}:{s['port']}") for s in sockets if s["proto"] in ("udp", "tcp"))
     return PhasePlan(
         "verify",
@@ -106,6 +108,12 @@ def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
                 verify=True,
             ),
             Step(f"SIP OPTIONS answered on {targets}", f"python3 -c {q(probe)} {targets}", verify=True),
+            Step(
+                f"OpenSIPS's own start line is in {log_file}",
+                f"for i in $(seq 1 40); do grep -qF {q(started)} {q(log_file)} && exit 0; sleep 0.25; done;"
+                f" echo 'not in {log_file}:'; tail -n 5 {q(log_file)}; exit 1",
+                verify=True,
+            ),
         ],
     )
 
@@ -176,7 +184,7 @@ def install_host(
                 continue
             phase: PhasePlan | None = agent.agent_phase(tar, stamp)
         elif name == "files":
-            pending = any(p.name == "opensips" and p.changed for p in report.phases)
+            pending = check and any(p.name == "opensips" and p.changed for p in report.phases)
             if not record(push_files(host, check, pending)):
                 return report
             continue

@@ -59,7 +59,16 @@ _MODULE_BUILD_DEPS: dict[str, dict[str, list[str]]] = {
     "tls_openssl": {"apt": ["libssl-dev"], "dnf": ["openssl-devel"]},
     "prometheus": {"apt": [], "dnf": []},
 }
-# Runtime package of the same libraries for package installs' module packages is pulled by apt/dnf.
+# Runtime libraries an adopted (existing) install's modules need: a source build's -dev packages and a
+# package install's module packages pull these in themselves. Debian 13 / Ubuntu 24.04 renamed some (t64).
+_MODULE_RUNTIME_DEPS: dict[str, dict[str, list[str]]] = {
+    "db_sqlite": {"apt": ["libsqlite3-0"], "dnf": ["sqlite-libs"]},
+    "db_mysql": {"apt": ["libmariadb3"], "dnf": ["mariadb-connector-c"]},
+    "httpd": {"apt": ["libmicrohttpd12"], "dnf": ["libmicrohttpd"]},
+    "json": {"apt": ["libjson-c5"], "dnf": ["json-c"]},
+    "cachedb_redis": {"apt": ["libhiredis0.14"], "dnf": ["hiredis"]},
+}
+_T64 = {"trixie": {"libmicrohttpd12": "libmicrohttpd12t64"}, "noble": {"libmicrohttpd12": "libmicrohttpd12t64"}}
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,7 @@ def _source(inp: InstallInputs) -> PhasePlan:
     )
     plan.steps.append(_user_step(inp.layout))
     plan.steps.append(_version_check(inp.layout))
+    plan.steps.append(_libraries_found(inp.layout, inp.modules))
     return plan
 
 
@@ -215,8 +225,35 @@ def _user_step(layout: OpenSIPSLayout) -> Step:
     )
 
 
+def _runtime_libs(inp: InstallInputs) -> list[str]:
+    key = "apt" if inp.os.pkg == "apt" else "dnf"
+    rename = _T64.get(inp.os.codename, {})
+    pkgs = [p for m in inp.modules for p in _MODULE_RUNTIME_DEPS.get(m, {}).get(key, [])]
+    return [rename.get(p, p) for p in dict.fromkeys(pkgs)]
+
+
+def _libraries_found(layout: OpenSIPSLayout, modules: tuple[str, ...]) -> Step:
+    """Every shared library of the binary and the loaded modules resolves (ldd says none is missing)."""
+    files = [layout.bin] + [
+        f"{layout.mpath.rstrip('/')}/{m}.so"
+        for m in sorted(modules)
+        if not m.startswith("proto_u") and m != "proto_tcp"
+    ]
+    check = f'for f in {" ".join(files)}; do test -e "$f" || continue; ldd "$f"; done | grep -q \'not found\''
+    return Step(
+        "OpenSIPS and its modules find every shared library",
+        f'for f in {" ".join(files)}; do test -e "$f" || {{ echo "missing $f"; continue; }};'
+        ' ldd "$f" | grep \'not found\' | sed "s|^|$(basename $f): |"; done; exit 1',
+        unless=f"! ( {check} )",
+        verify=True,
+    )
+
+
 def _existing(inp: InstallInputs) -> PhasePlan:
     plan = PhasePlan("opensips", note=f"adopting the OpenSIPS install at {inp.layout.prefix}")
+    libs = _runtime_libs(inp)
+    if libs:
+        plan.steps.append(install_missing(inp.os.pkg, libs, "libraries of the loaded modules"))
     plan.steps.append(
         Step(
             f"OpenSIPS binary at {inp.layout.bin}",
@@ -226,18 +263,21 @@ def _existing(inp: InstallInputs) -> PhasePlan:
     )
     plan.steps.append(_user_step(inp.layout))
     plan.steps.append(_version_check(inp.layout))
+    plan.steps.append(_libraries_found(inp.layout, inp.modules))
     return plan
 
 
 def directories(layout: OpenSIPSLayout) -> PhasePlan:
     """Runtime and data directories OpenSIPS writes to (its user must own them)."""
     plan = PhasePlan("directories")
+    # `make install` leaves <prefix>/etc/opensips at 0700 root: OpenSIPS (its own user) could not read its cfg.
     for path, owner in (("/var/lib/opensips", layout.user), (layout.cfg_dir, "root")):
+        want = f"750:{owner}:{layout.group}"
         plan.steps.append(
             Step(
-                f"directory {path}",
-                f"install -d -m 0750 -o {owner} -g {layout.group} {path}",
-                unless=f"test -d {path}",
+                f"directory {path} ({want})",
+                f"mkdir -p {path} && chown {owner}:{layout.group} {path} && chmod 0750 {path}",
+                unless=f'test "$(stat -c %a:%U:%G {path} 2>/dev/null)" = {want}',
             )
         )
     return plan
