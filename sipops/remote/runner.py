@@ -58,9 +58,18 @@ def agent_source(with_sip: bool = True) -> bytes:
     return (sip + "\n" + body).encode()
 
 
-def call(runner: Runner, request: dict[str, Any], payload: bytes = b"", timeout: float = 120) -> dict[str, Any]:
-    """Run one agent op on the host; the decoded reply. Raises RemoteError when there is none."""
-    src = agent_source(request["op"] == "apply")
+def call(
+    runner: Runner,
+    request: dict[str, Any],
+    payload: bytes = b"",
+    timeout: float = 120,
+    source: bytes | None = None,
+) -> dict[str, Any]:
+    """Run one agent op on the host; the decoded reply. Raises RemoteError when there is none.
+
+    source: another program to run the same way (it defines main(request, stream, size)).
+    """
+    src = agent_source(request["op"] == "apply") if source is None else source
     req = json.dumps(request).encode()
     stdin = f"{len(src)} {len(req)} {len(payload)}\n".encode() + src + req + payload
     out = runner.exec(f"python3 -S -c {_sq(BOOT)}", stdin, timeout)

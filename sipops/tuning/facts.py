@@ -4,13 +4,12 @@ tune-tcp's own (sipops.tuning.probe), parsed into HostFacts and TuneFacts."""
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from sipops.remote.facts import HostFacts, facts_request, parse_facts
-from sipops.remote.runner import BOOT, MARK, RemoteError, Runner, agent_source
+from sipops.remote.runner import Runner, agent_source, call
 from sipops.render import HostRender
 from sipops.tuning import probe
 from sipops.tuning.calc import SPECS, TuneFacts
@@ -60,20 +59,7 @@ def probe_request(rendered: HostRender, *, with_push: bool, root: str = "") -> d
 
 def run_probe(runner: Runner, request: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     """One agent run with the tune probe; the decoded reply (RemoteError when there is none)."""
-    src = probe_source()
-    req = json.dumps(request).encode()
-    stdin = f"{len(src)} {len(req)} 0\n".encode() + src + req
-    out = runner.exec(f"python3 -c {_sq(BOOT)}", stdin, timeout)
-    for line in out.stdout.decode(errors="replace").splitlines():
-        if line.startswith(MARK):
-            reply: dict[str, Any] = json.loads(line[len(MARK) :])
-            return reply
-    err = (out.stderr or out.stdout).decode(errors="replace").strip()
-    raise RemoteError(f"tune probe failed (exit {out.rc}): {err.splitlines()[-1] if err else 'no output'}")
-
-
-def _sq(s: str) -> str:
-    return "'" + s.replace("'", "'\"'\"'") + "'"
+    return call(runner, request, timeout=timeout, source=probe_source())
 
 
 def parse_probe(reply: dict[str, Any]) -> TuneProbe:
