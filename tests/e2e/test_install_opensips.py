@@ -15,6 +15,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from sipops.cli import app
@@ -78,6 +79,11 @@ def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpensipsLab]:
     directory = tmp_path_factory.mktemp("oslab")
     opts = UpOptions(hosts=1, attackers=1, prefix="sipn", network=NETWORK, opensips_prefix=Path(PREFIX))
     up(directory, opts, log=lambda _: None)
+    # Registrations written back to sqlite: the database phase creates the tables from the install's schema.
+    inventory = directory / "inventory.yaml"
+    data = yaml.safe_load(inventory.read_text())
+    data["hosts"]["h1"]["vars"] = {"registrar_persist": True}
+    inventory.write_text(yaml.safe_dump(data))
     try:
         yield OpensipsLab(directory)
     finally:
@@ -95,6 +101,16 @@ def test_install_ends_with_opensips_running_and_answering(installed: tuple[int, 
     assert code == 0, out
     assert "h1: verify: 3 ok" in out, out
     assert "h1: service: " in out and "FAILED" not in out
+
+
+def test_the_database_phase_created_the_registrar_tables(olab: OpensipsLab, installed: tuple[int, str]) -> None:
+    assert "changed sqlite database /var/lib/opensips/opensips.sqlite: tables version, location" in installed[1]
+    query = (
+        "import sqlite3; c = sqlite3.connect('/var/lib/opensips/opensips.sqlite');"
+        " print(c.execute(\"select table_version from version where table_name='location'\").fetchone()[0])"
+    )
+    res = olab.exec("h1", "python3", "-c", query)
+    assert res.returncode == 0 and res.stdout.strip() == "1013", res.stderr
 
 
 def test_a_register_from_sipp_is_answered_200(olab: OpensipsLab, installed: tuple[int, str], tmp_path: Path) -> None:
