@@ -161,9 +161,9 @@ def install_host(
         "opensips",
         "directories",
         "sipops agent",
+        "database",  # before files: their handlers restart OpenSIPS, which opens the database
         "files",
         "limits",
-        "database",
         "firewall",
         "logging",
         "service",
