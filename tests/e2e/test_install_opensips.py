@@ -133,9 +133,12 @@ def test_a_register_from_sipp_is_answered_200(olab: OpensipsLab, installed: tupl
         "-timeout_error",
         "-nostdin",
         "-trace_err",
+        "-error_file",
+        str(tmp_path / "sipp-errors.log"),  # not into the working directory
         timeout=30,
     )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    errors = (tmp_path / "sipp-errors.log").read_text() if (tmp_path / "sipp-errors.log").exists() else ""
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:] + errors
 
 
 def test_opensips_logs_to_its_own_file(olab: OpensipsLab, installed: tuple[int, str]) -> None:
