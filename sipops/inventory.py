@@ -1,6 +1,8 @@
 """The inventory: hosts, groups and defaults, validated, with each host's merged variables.
 
-Precedence (lowest first): role defaults < inventory defaults < group vars (in file order) < host vars.
+Precedence (lowest first): role defaults < inventory defaults < group vars (in file order) < host vars
+< tuned/<host>.yaml beside the inventory (written by `sipops tune-tcp`: computed from the inventory's
+max_connections and the host's facts; delete the file to drop them).
 Variables are replaced whole at each level (a list or mapping is not merged).
 """
 
@@ -228,6 +230,7 @@ def load_inventory(path: Path) -> Inventory:
                     f"variable '{vname}' belongs to role {owner}, which host '{hname}' does not have",
                 )
         merged, origins = _merge(doc, hname, role_objs, default_vars, member_of, host_vars)
+        _apply_tuned(inv_dir, hname, specs, merged, origins)
         for r in role_objs:
             for vname, spec in r.vars.items():
                 if spec.required and merged.get(vname) is None:
@@ -247,6 +250,39 @@ def load_inventory(path: Path) -> Inventory:
             line=doc.line(hpath) or 0,
         )
     return Inventory(doc.file, inv_dir, hosts, groups, library, doc)
+
+
+TUNED_DIR = "tuned"
+
+
+def tuned_path(inv_dir: Path, host: str) -> Path:
+    return inv_dir / TUNED_DIR / f"{host}.yaml"
+
+
+def _apply_tuned(
+    inv_dir: Path,
+    hname: str,
+    specs: dict[str, tuple[Role, FieldSpec]],
+    merged: dict[str, Any],
+    origins: dict[str, Origin],
+) -> None:
+    """The tune-tcp layer: validated like the inventory, on top of it."""
+    path = tuned_path(inv_dir, hname)
+    if not path.is_file():
+        return
+    tdoc = load_located(path, _display(path))
+    values = _vars(_Checker(tdoc), (), tdoc.data, specs)
+    for vname, value in values.items():
+        if vname in merged:
+            merged[vname] = value
+            origins[vname] = Origin("tune-tcp", tdoc.file, tdoc.line((vname,)) or 0)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _check_roles(chk: _Checker, path: tuple[str | int, ...], roles: list[str], library: RoleLibrary) -> None:

@@ -196,3 +196,23 @@ def test_unknown_host_on_the_command_line_is_bad_input(cli, write_inventory):
 def test_missing_inventory_file_is_bad_input(cli, tmp_path: Path):
     code, _, err = cli("render", "all", "-i", tmp_path / "nope.yaml", "--list")
     assert code == 2 and "nope.yaml: file not found" in err
+
+
+def test_tuned_values_beside_the_inventory_sit_on_top_with_their_origin(write_inventory, tmp_path):
+    path = write_inventory(GOOD)
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned/a.yaml").write_text("# written by tune-tcp\nopen_files_limit: 70000\nsomaxconn: 8192\n")
+    inv = load_inventory(path)
+    a = inv.hosts["a"]
+    assert a.vars["open_files_limit"] == 70000 and a.vars["somaxconn"] == 8192
+    assert a.origins["open_files_limit"].level == "tune-tcp" and a.origins["open_files_limit"].line == 2
+    assert inv.hosts["b"].vars["open_files_limit"] == 65536  # only the host the file names
+
+
+def test_a_bad_tuned_file_is_one_line_naming_it(cli, write_inventory, tmp_path):
+    path = write_inventory(GOOD)
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned/a.yaml").write_text("open_files_limit: lots\n")
+    code, _, err = cli("render", "all", "-i", path, "--list")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "tuned/a.yaml:1: open_files_limit: expected an integer" in err

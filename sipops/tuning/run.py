@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sipops.inventory import Host, Inventory
+import yaml
+
+from sipops.inventory import Host, Inventory, tuned_path
 from sipops.remote.apply import HostResult, PushOptions, push_host
 from sipops.remote.plan import plan_files
 from sipops.remote.runner import Runner
@@ -75,6 +78,22 @@ def tuned_host(host: Host, targets: list[Target]) -> Host:
     return dataclasses.replace(host, vars={**host.vars, **new})
 
 
+def save_tuned(inv: Inventory, host: Host, targets: list[Target], n: int) -> Path:
+    """Keep the applied values beside the inventory, so a later `sipops push` renders them too."""
+    values = template_vars(targets, dict(host.vars.get("sysctl") or {}))
+    path = tuned_path(inv.dir, host.name)
+    header = (
+        f"# Written by `sipops tune-tcp {host.name} --max-connections {n}`: values for {n} concurrent TCP\n"
+        "# connections, computed from the host's facts. They sit above the inventory's own values, so\n"
+        "# `sipops push` keeps them; delete this file to return to the inventory's values.\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(header + yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
+    tmp.replace(path)
+    return path
+
+
 def tuned_files(rendered: HostRender, opensips_installed: bool) -> HostRender:
     """Only the files tune-tcp owns values in; without OpenSIPS on the host, none that need it."""
     handlers = dict(rendered.handlers)
@@ -131,6 +150,8 @@ def tune_host(
         result.push = push_host(tuned, runner_factory, inv=inv, opts=opts, log=log)
         if result.push.failed:
             return result
+        if not opts.root:  # tests that push under a fake root keep their inventory folder clean
+            save_tuned(inv, host, result.targets, n)
         runner = runner_factory()
         try:
             after = gather(runner, base, with_push=False, root=opts.root)

@@ -50,6 +50,7 @@ class Run:
     limit_after: str
     after: dict[str, int]
     again: tuple[int, str]
+    rendered_vs_live: dict[str, tuple[str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,17 @@ def tuned(lab: Lab) -> Iterator[Run]:
         limit_after = sh(lab, f"systemctl show -p LimitNOFILESoft --value {STANDIN_UNIT}").strip()
         after = hold(lab.exec, attackers, address, PORT, M, wait=30)
         again = sipops("tune-tcp", HOST, "--max-connections", str(M), "-i", inv)
-        yield Run(before, limit_before, code, out, limit_after, after, again)
+        # what a later plain push would write: render with the inventory, which now has tuned/HOST.yaml
+        rendered = lab.inventory.parent / "rendered-after-tune"
+        sipops("render", HOST, "-i", inv, "-o", str(rendered))
+        tuned_files = {
+            path: ((rendered / HOST / path.lstrip("/")).read_text(), sh(lab, f"cat {path}"))
+            for path in ("/etc/sysctl.d/60-sipops.conf", "/etc/security/limits.d/60-opensips.conf",
+                         "/etc/systemd/system/opensips.service.d/sipops.conf")
+        }  # fmt: skip
+        yield Run(before, limit_before, code, out, limit_after, after, again, tuned_files)
     finally:
+        (lab.inventory.parent / "tuned" / f"{HOST}.yaml").unlink(missing_ok=True)
         lab.exec(HOST, "sh", "-c", standin_remove_script())
         sipops("rollback", HOST, "-i", inv)  # the tuned files go back to what the host had
 
@@ -97,6 +107,12 @@ def test_what_the_container_cannot_set_is_reported_not_failed(tuned: Run) -> Non
     # netdev_max_backlog does not exist in the host's own network namespace
     assert "must be set on the container host" in tuned.out
     assert "net.core.netdev_max_backlog" in tuned.out
+
+
+def test_a_later_push_keeps_the_tuned_values(tuned: Run) -> None:
+    # tune-tcp wrote tuned/HOST.yaml beside the inventory: rendering now gives exactly what is live
+    for path, (rendered, live) in tuned.rendered_vs_live.items():
+        assert rendered == live, path
 
 
 def test_a_second_run_pushes_nothing(tuned: Run) -> None:
