@@ -211,10 +211,13 @@ def _source(inp: InstallInputs) -> PhasePlan:
             unless=f"test -x {inp.layout.bin} && grep -qxF {q(stamp)} {marker}",
         )
     )
-    plan.steps.append(_user_step(inp.layout))
-    plan.steps.append(_version_check(inp.layout))
-    plan.steps.append(_libraries_found(inp.layout, inp.modules))
+    plan.steps += _ready_to_run(inp)
     return plan
+
+
+def _ready_to_run(inp: InstallInputs) -> list[Step]:
+    """What a built or adopted install needs before it can run: its user, the right version, its libraries."""
+    return [_user_step(inp.layout), _version_check(inp.layout), _libraries_found(inp.layout, inp.modules)]
 
 
 def _user_step(layout: OpenSIPSLayout) -> Step:
@@ -261,9 +264,7 @@ def _existing(inp: InstallInputs) -> PhasePlan:
             unless=f"test -x {inp.layout.bin}",
         )
     )
-    plan.steps.append(_user_step(inp.layout))
-    plan.steps.append(_version_check(inp.layout))
-    plan.steps.append(_libraries_found(inp.layout, inp.modules))
+    plan.steps += _ready_to_run(inp)
     return plan
 
 
