@@ -218,13 +218,13 @@ def health(
 ) -> None:
     """Health checks; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios)."""
     from sipops.health.cli import health as run_health
-    from sipops.remote.transport import connect
+    from sipops.remote.runner import SSHRunner
 
     try:
         code = run_health(
             sys.stdout, targets=targets, inventory=inventory, local=local, fmt=fmt, textfile=textfile, quiet=quiet,
             state_name=state_name, alert_cmd=alert_cmd, checks=check, config=config, state_dir=state_dir,
-            connect=lambda h: connect(h, accept_new_host_key=accept_new_host_key),
+            runner=lambda h: SSHRunner(h, accept_new_host_key=accept_new_host_key),
         )  # fmt: skip
     except InputError as exc:
         bad_input(exc)

@@ -21,6 +21,13 @@ def _connect(host: Host) -> Any:
     return connect(host)
 
 
+def _runner(host: Host) -> Any:
+    """The push engine's runner: one raw SSH channel per call, sudo when the SSH user is not root."""
+    from sipops.remote.runner import SSHRunner
+
+    return SSHRunner(host)
+
+
 def check_options(fmt: str, checks: list[str] | None) -> None:
     if fmt not in FORMATS:
         raise InputError(f"unknown format '{fmt}'; one of {', '.join(FORMATS)}", field="--format")
@@ -43,7 +50,7 @@ def health(
     checks: list[str] | None = None,
     config: Path | None = None,
     state_dir: str | None = None,
-    connect: Callable[[Host], Any] = _connect,
+    runner: Callable[[Host], Any] = _runner,
 ) -> int:
     """Run the checks here (--local) or on HOST… over SSH; returns the Nagios exit code of the worst status."""
     check_options(fmt, checks)
@@ -70,7 +77,7 @@ def health(
         inv = load_inventory(resolve_inventory_path(inventory))
         hosts = inv.select(targets or [])
         reports = run_hosts(
-            hosts, lambda h: host_config(inv, h), connect, only=checks, state_name=state_name or "remote"
+            hosts, lambda h: host_config(inv, h), runner, only=checks, state_name=state_name or "remote"
         )
         text = render(fmt, reports)
         if textfile is not None:

@@ -10,24 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from sipops.health.bundle import remote_script
 from sipops.health.config import ConfigError, HealthConfig, config_from_dict
 from sipops.health.model import CheckResult, Report, Status
 from sipops.inventory import Host, Inventory
+from sipops.remote.runner import Runner
 
 CONFIG_TEMPLATE = "sipops/health.json.j2"
 MAX_PARALLEL = 16
 REMOTE_TIMEOUT = 120
-
-
-class Runner(Protocol):
-    """What run_remote needs from a fabric.Connection: open() and the paramiko client."""
-
-    client: Any
-
-    def open(self) -> Any: ...
 
 
 def host_config(inv: Inventory, host: Host, **overrides: Any) -> HealthConfig:
@@ -71,25 +64,18 @@ def parse_reply(host: str, stdout: str) -> Report:
     return _failed(host, "no report from the checks on the host")
 
 
-def run_remote(conn: Runner, cfg: HealthConfig, *, state_name: str = "remote", only: list[str] | None = None) -> Report:
-    """Run the checks on the host behind `conn` (python3 needed there, nothing else)."""
+def run_remote(
+    runner: Runner, cfg: HealthConfig, *, state_name: str = "remote", only: list[str] | None = None
+) -> Report:
+    """Run the checks on the host behind `runner` (python3 needed there, nothing else; sudo when not root)."""
     payload = {"config": cfg.as_dict(), "state_name": state_name, "only": only or []}
-    # paramiko directly, not conn.run(in_stream=...): invoke feeds a non-terminal stream one byte
-    # per 10 ms, which would take minutes for the ~30 kB script.
-    conn.open()
-    stdin, stdout, stderr = conn.client.exec_command("python3 -", timeout=REMOTE_TIMEOUT)
-    stdin.write(remote_script(payload).encode())
-    stdin.flush()
-    stdin.channel.shutdown_write()
-    out = stdout.read().decode("utf-8", "replace")
-    err = stderr.read().decode("utf-8", "replace")
-    exited = stdout.channel.recv_exit_status()
-    if exited == 127:
+    out = runner.exec("python3 -", remote_script(payload).encode(), REMOTE_TIMEOUT)
+    if out.rc == 127:
         return _failed(cfg.host, "python3 not found on the host")
-    if exited != 0:
-        lines = err.strip().splitlines()
-        return _failed(cfg.host, f"checks failed on the host: {lines[-1] if lines else exited}")
-    return parse_reply(cfg.host, out)
+    if out.rc != 0:
+        lines = out.stderr.decode("utf-8", "replace").strip().splitlines()
+        return _failed(cfg.host, f"checks failed on the host: {lines[-1] if lines else out.rc}")
+    return parse_reply(cfg.host, out.stdout.decode("utf-8", "replace"))
 
 
 def run_hosts(
@@ -108,13 +94,11 @@ def run_hosts(
         except ConfigError as exc:
             return _failed(host.name, str(exc))
         try:
-            conn = connect(host)
+            runner = connect(host)
             try:
-                return run_remote(conn, cfg, state_name=state_name, only=only)
+                return run_remote(runner, cfg, state_name=state_name, only=only)
             finally:
-                close = getattr(conn, "close", None)
-                if close is not None:
-                    close()
+                runner.close()
         except Exception as exc:  # SSH, host keys, timeouts: the host's result, not a crash
             return _failed(host.name, describe_error(exc))
 
