@@ -18,6 +18,7 @@ from conftest import Cli
 
 from sipops.monitor import remote
 from sipops.monitor.remote import RemoteError, command, parse_output
+from sipops.remote.runner import Output
 
 
 @pytest.fixture
@@ -107,22 +108,20 @@ def test_unknown_host_is_bad_input(cli: Cli, write_inventory: Callable[[str], Pa
 
 
 class LocalShellDouble:
-    """Stands in for a fabric Connection: runs the command in a local shell (no SSH here)."""
+    """Stands in for the push engine's SSHRunner: runs the command in a local shell (no SSH here)."""
 
     def __init__(self, host: Any) -> None:
         self.host = host
+        self.name = host.name
         self.commands: list[str] = []
 
-    def __enter__(self) -> LocalShellDouble:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def run(self, command: str, **kwargs: Any) -> Any:
+    def exec(self, command: str, stdin: bytes, timeout: float) -> Output:
         self.commands.append(command)
-        proc = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60, check=False)
-        return type("Result", (), {"exited": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr})()
+        proc = subprocess.run(command, shell=True, input=stdin, capture_output=True, timeout=timeout, check=False)
+        return Output(proc.returncode, proc.stdout, proc.stderr)
+
+    def close(self) -> None:
+        return None
 
 
 def test_remote_host_gets_the_scanner_shipped_and_its_inventory_limit(
@@ -140,11 +139,11 @@ def test_remote_host_gets_the_scanner_shipped_and_its_inventory_limit(
     )
     doubles: list[LocalShellDouble] = []
 
-    def fake_connect(host: Any, **_: Any) -> LocalShellDouble:
+    def fake_runner(host: Any, **_: Any) -> LocalShellDouble:
         doubles.append(LocalShellDouble(host))
         return doubles[-1]
 
-    monkeypatch.setattr("sipops.remote.transport.connect", fake_connect)
+    monkeypatch.setattr("sipops.remote.runner.SSHRunner", fake_runner)
     code, out, _err = cli("conns", "sip1", "-i", inv, "-p", str(port), "--limits", "--json")
     assert code == 0
     [report] = json.loads(out)
@@ -167,7 +166,7 @@ def test_a_failing_host_is_reported_and_exits_1(
     def refuse(host: Any, **_: Any) -> Any:
         raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr("sipops.remote.transport.connect", refuse)
+    monkeypatch.setattr("sipops.remote.runner.SSHRunner", refuse)
     code, out, _err = cli("conns", "sip1", "-i", inv)
     assert code == 1
     assert "sip1: error: ConnectionRefusedError" in out

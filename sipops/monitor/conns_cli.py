@@ -91,7 +91,7 @@ def _remote(
 ) -> list[dict[str, Any]]:
     from sipops.inventory import load_inventory, resolve_inventory_path
     from sipops.monitor.remote import run_report
-    from sipops.remote.transport import connect
+    from sipops.remote.runner import SSHRunner
 
     inv = load_inventory(resolve_inventory_path(inventory))
     hosts = inv.select(targets)
@@ -102,8 +102,11 @@ def _remote(
         if params["limits"] and host.vars.get("tcp_max_connections") is not None:
             host_params["tcp_max_connections"] = int(host.vars["tcp_max_connections"])
         try:
-            with connect(host) as conn:
-                report = runner(conn, host_params)
+            ssh = SSHRunner(host)
+            try:
+                report = runner(ssh, host_params)
+            finally:
+                ssh.close()
         except Exception as exc:  # one host's failure is reported, the others still run
             return {"host": host.name, "error": " ".join(f"{type(exc).__name__}: {exc}".split())}
         report["host"] = host.name

@@ -13,7 +13,9 @@ import json
 import shlex
 import zlib
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from sipops.remote.runner import Runner
 
 # Order matters: each module only imports the ones before it.
 SHIPPED = ("sockdiag", "procnet", "scan", "report")
@@ -36,12 +38,6 @@ for _short, _src in _SOURCES:
 from sipops.monitor.report import build_report
 print(@MARK@ + json.dumps(build_report(json.loads(sys.argv[-1]))))
 """.replace("@MARK@", repr(_MARK))
-
-
-class Runner(Protocol):
-    """What run_report needs from a fabric.Connection."""
-
-    def run(self, command: str, **kwargs: Any) -> Any: ...
 
 
 class RemoteError(Exception):
@@ -72,13 +68,13 @@ def parse_output(stdout: str) -> dict[str, Any]:
     raise RemoteError("no report in the output of the remote scan")
 
 
-def run_report(conn: Runner, params: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
-    """Run the scanner on the host behind `conn` (python3 needed there, nothing else)."""
-    result = conn.run(command(params), hide=True, warn=True, timeout=timeout)
-    if result.exited != 0:
-        lines = (result.stderr or "").strip().splitlines()
-        detail = lines[-1] if lines else f"exit status {result.exited}"
-        if result.exited == 127:
+def run_report(runner: Runner, params: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    """Run the scanner on the host behind `runner` (python3 needed there, nothing else; sudo when not root)."""
+    result = runner.exec(command(params), b"", timeout)
+    if result.rc != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = lines[-1] if lines else f"exit status {result.rc}"
+        if result.rc == 127:
             detail = "python3 not found on the host"
         raise RemoteError(f"remote scan failed: {detail}")
-    return parse_output(result.stdout)
+    return parse_output(result.stdout.decode("utf-8", "replace"))
