@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sipops.errors import ExitCode
 from sipops.inventory import Host, Inventory
 from sipops.opensips import layout
+from sipops.remote.runner import SSHRunner
 from sipops.remote.transport import HostKeyError, connect
 
 ACTIONS = ("start", "stop", "restart", "reload", "status")
@@ -43,20 +44,24 @@ def service_action(host: Host, action: str, *, accept_new_host_key: bool = False
             f"systemctl {action} {unit}; rc=$?; systemctl is-active {unit};"
             f" if [ $rc -ne 0 ]; then journalctl -u {unit} -n 20 --no-pager; fi; exit $rc"
         )
+    runner = SSHRunner(host, accept_new_host_key=accept_new_host_key)
     try:
-        with connect(host, accept_new_host_key=accept_new_host_key) as conn:
-            res = conn.run(as_root(host, cmd), hide=True, warn=True)
+        res = runner.exec("sh -s", cmd.encode(), 120)
     except HostKeyError as exc:
         return ServiceResult(host.name, False, "unreachable", str(exc))
     except Exception as exc:  # network errors of every kind: this host fails alone
         return ServiceResult(host.name, False, "unreachable", f"{type(exc).__name__}: {exc}")
-    lines = res.stdout.splitlines()
+    finally:
+        runner.close()
+    lines = res.stdout.decode(errors="replace").splitlines()
     if action == "status":
         state = lines[0].strip() if lines else "unknown"
         return ServiceResult(host.name, state == "active", state, "\n".join(lines[1:]))
     state = next((ln.strip() for ln in lines if ln.strip() in ("active", "inactive", "failed", "activating")), "?")
-    ok = res.exited == 0 and (state == "active" if action != "stop" else state != "active")
-    detail = "" if ok else "\n".join(ln for ln in lines if ln.strip() != state)
+    ok = res.rc == 0 and (state == "active" if action != "stop" else state != "active")
+    # systemctl's own complaint (e.g. "Unit opensips.service not found") is on stderr
+    errors = res.stderr.decode(errors="replace").splitlines()
+    detail = "" if ok else "\n".join([*errors, *(ln for ln in lines if ln.strip() != state)])
     return ServiceResult(host.name, ok, state, detail)
 
 
