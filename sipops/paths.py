@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -24,3 +25,13 @@ def search_dirs(name: str, inventory_dir: Path | None) -> list[Path]:
     if pkg not in dirs:
         dirs.append(pkg)
     return dirs
+
+
+def cache_dir(name: str) -> Path | None:
+    """~/.cache/sipops/<name> ($XDG_CACHE_HOME honoured), created; None when it cannot be written."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sipops" / name
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return base if os.access(base, os.W_OK) else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +13,7 @@ import jinja2
 from sipops.errors import InputError
 from sipops.inventory import Host, Inventory
 from sipops.opensips import layout
-from sipops.paths import search_dirs
+from sipops.paths import cache_dir, search_dirs
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,8 @@ def environment(inv: Inventory) -> jinja2.Environment:
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
     """Compiled templates kept between runs (keyed by the template's source hash, so edits are seen):
     compiling was a quarter of a no-op push's time."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sipops" / "jinja"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return jinja2.FileSystemBytecodeCache(str(base)) if os.access(base, os.W_OK) else None
+    base = cache_dir("jinja")
+    return jinja2.FileSystemBytecodeCache(str(base)) if base is not None else None
 
 
 def _is_ipv6(value: str) -> bool:
@@ -125,8 +121,22 @@ def _from_string(env: jinja2.Environment, text: str) -> jinja2.Template:
     cache: dict[str, jinja2.Template] = env.__dict__.setdefault("_sipops_expr_cache", {})
     tmpl = cache.get(text)
     if tmpl is None:
-        tmpl = cache[text] = env.from_string(text)
+        tmpl = cache[text] = _compile_cached(env, text)
     return tmpl
+
+
+def _compile_cached(env: jinja2.Environment, text: str) -> jinja2.Template:
+    """env.from_string through the environment's bytecode cache, as file templates are: the roles'
+    expressions were 40 compiles per process, a tenth of a no-op push's CPU."""
+    bcc = env.bytecode_cache
+    if bcc is None:
+        return env.from_string(text)
+    name = "expr-" + hashlib.sha256(text.encode()).hexdigest()
+    bucket = bcc.get_bucket(env, name, None, text)
+    if bucket.code is None:
+        bucket.code = env.compile(text, name)
+        bcc.set_bucket(bucket)
+    return env.template_class.from_code(env, bucket.code, env.make_globals(None), None)
 
 
 def _names(v: dict[str, Any], host: Host, key: str) -> list[str]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from sipops.errors import ExitCode, InputError
-from sipops.lab import lifecycle
-from sipops.lab.access import exec_argv, shell_argv
 from sipops.lab.proc import LabError
-from sipops.lab.state import LabState
+
+if TYPE_CHECKING:
+    from sipops.lab.state import LabState
+
+# sipops.lab.lifecycle (and what it imports) is loaded by the lab commands alone: every other
+# command (`sipops push`, run from cron and CI) starts faster without it.
 
 app = typer.Typer(
     help="Throwaway Debian hosts on this machine (systemd-nspawn + netns + sshd) to rehearse on.",
@@ -33,6 +36,8 @@ def _fail(exc: Exception) -> NoReturn:
 
 
 def _state(directory: Path) -> LabState:
+    from sipops.lab.state import LabState
+
     state = LabState.load(directory)
     if state is None or not state.members:
         raise InputError(f"no lab in {directory}; start one with `sipops lab up`")
@@ -58,6 +63,8 @@ def up(
     directory: DirOption = None,
 ) -> None:
     """Boot the lab and write its inventory (the path is printed on stdout)."""
+    from sipops.lab import lifecycle
+
     try:
         opts = lifecycle.UpOptions(
             hosts=hosts, attackers=attackers, release=release, rebuild=rebuild, opensips_prefix=opensips_prefix
@@ -72,6 +79,8 @@ def up(
 @app.command()
 def down(directory: DirOption = None) -> None:
     """Stop the hosts and remove every namespace, link, bridge, route and layer the lab made (keeps the cache)."""
+    from sipops.lab import lifecycle
+
     try:
         lifecycle.down(lifecycle.lab_dir(directory), log=_err)
     except (InputError, LabError) as exc:
@@ -81,6 +90,8 @@ def down(directory: DirOption = None) -> None:
 @app.command()
 def destroy(directory: DirOption = None) -> None:
     """`down`, then remove the cached base filesystems."""
+    from sipops.lab import lifecycle
+
     try:
         lifecycle.destroy(lifecycle.lab_dir(directory), log=_err)
     except (InputError, LabError) as exc:
@@ -90,6 +101,8 @@ def destroy(directory: DirOption = None) -> None:
 @app.command()
 def status(directory: DirOption = None) -> None:
     """Hosts and attackers, their addresses, whether they run and whether SSH (strict host keys) works."""
+    from sipops.lab import lifecycle
+
     path = lifecycle.lab_dir(directory)
     try:
         rows = lifecycle.status(path)
@@ -106,6 +119,8 @@ def restart(
     directory: DirOption = None,
 ) -> None:
     """Reboot a lab host: what is enabled at boot comes back, what is not stays down."""
+    from sipops.lab import lifecycle
+
     try:
         seconds = lifecycle.restart(lifecycle.lab_dir(directory), name)
     except (InputError, LabError) as exc:
@@ -119,6 +134,9 @@ def shell(
     directory: DirOption = None,
 ) -> None:
     """Open an interactive root shell on a lab host or attacker."""
+    from sipops.lab import lifecycle
+    from sipops.lab.access import shell_argv
+
     try:
         state = _state(lifecycle.lab_dir(directory))
         argv = shell_argv(state, state.member(name))
@@ -134,6 +152,9 @@ def exec_(
     directory: DirOption = None,
 ) -> None:
     """Run a command in an attacker's namespace or on a host; exits with the command's exit code."""
+    from sipops.lab import lifecycle
+    from sipops.lab.access import exec_argv
+
     try:
         state = _state(lifecycle.lab_dir(directory))
         argv = exec_argv(state, state.member(name), command)

@@ -12,27 +12,39 @@ its destination (dest.sipops-new, fsynced) and renamed into place, so it is alwa
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import grp
-import hashlib
-import json
 import os
 import pwd
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from typing import IO, Any
 
-with contextlib.suppress(ImportError):  # on the host, sip.py's source is prepended instead
+# Each phase is a fresh python3 on the host, and a no-op push is one facts run per host: only what
+# facts needs is imported here; json, shutil, subprocess (and re with them) load where they are used.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy reads it as True
+if TYPE_CHECKING:
+    import subprocess
+    from typing import IO, Any
+
+    Json = dict[str, Any]
+
+# sha256 from CPython's built-in module (_sha2 since 3.12, _sha256 before): hashlib would load
+# OpenSSL's libcrypto on every run, a third of a facts run's CPU; the files hashed here are small.
+try:
+    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    try:
+        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:
+        from hashlib import sha256 as _sha256  # type: ignore[assignment,no-redef,unused-ignore]
+
+try:  # noqa: SIM105 - contextlib is not imported here; on the host sip.py's source is prepended instead
     from sipops.sip import options_ping
+except ImportError:
+    pass
 
 STATE = "/var/lib/sipops"
 NEW = ".sipops-new"
 SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
-Json = dict[str, Any]
 
 
 def main(req: Json, stream: IO[bytes], size: int) -> None:
@@ -47,7 +59,13 @@ def main(req: Json, stream: IO[bytes], size: int) -> None:
         out = {"ok": True, "backups": list_backups(req)}
     else:
         out = {"ok": False, "error": f"unknown op {op}"}
-    sys.stdout.write("SIPOPS-RESULT " + json.dumps(out) + "\n")
+    reply(out)
+
+
+def reply(out: Json) -> None:
+    """The result line the controller reads: a Python literal (ast.literal_eval there), ASCII only;
+    json would cost the host an import of json and re on every run."""
+    sys.stdout.write("SIPOPS-RESULT " + ascii(out) + "\n")
     sys.stdout.flush()
 
 
@@ -60,11 +78,11 @@ def state_dir(req: Json) -> str:
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
+    h = _sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return str(h.hexdigest())
 
 
 def _name(fn: Any, ident: int) -> str:
@@ -98,11 +116,16 @@ def file_state(path: str, content: bool = False) -> Json | None:
 def which(cmd: str) -> str | None:
     if cmd.startswith("/"):
         return cmd if os.access(cmd, os.X_OK) else None
-    path = os.environ.get("PATH", "") + ":" + ":".join(SBIN)
-    return shutil.which(cmd, path=path)
+    for d in os.environ.get("PATH", "").split(":") + SBIN:
+        full = os.path.join(d or ".", cmd)
+        if os.access(full, os.X_OK) and os.path.isfile(full):
+            return full
+    return None
 
 
 def _run(argv: list[str], timeout: float = 10) -> tuple[int, str]:
+    import subprocess
+
     try:
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -111,6 +134,8 @@ def _run(argv: list[str], timeout: float = 10) -> tuple[int, str]:
 
 
 def _start(argv: list[str]) -> subprocess.Popen[bytes] | None:
+    import subprocess
+
     try:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError:
@@ -118,6 +143,8 @@ def _start(argv: list[str]) -> subprocess.Popen[bytes] | None:
 
 
 def _collect(proc: subprocess.Popen[bytes] | None) -> tuple[int, str]:
+    import subprocess
+
     if proc is None:
         return 127, ""
     try:
@@ -134,8 +161,24 @@ def facts(req: Json) -> Json:
     binary = which(req.get("opensips_bin") or "opensips") or which("opensips")
     cached = _version_cache(req, binary)
     version = _start([binary, "-V"]) if binary and cached is None else None
+    files: Json = {}
+    same = True
+    for f in req.get("files", []):
+        st = file_state(root + f["path"])
+        if st and f.get("content") and st.get("sha256") != f.get("want_sha256"):
+            st = file_state(root + f["path"], content=True)
+        files[f["path"]] = st
+        want = f.get("want")
+        same = (
+            same
+            and st is not None
+            and st.get("sha256") == f.get("want_sha256")
+            and [st.get("mode"), st.get("owner"), st.get("group")] == want
+        )
+    # The units' state matters only to the handlers a change triggers: when every file is as wanted
+    # (a no-op push), systemctl is not run at all.
     show = None
-    if os.path.isdir("/run/systemd/system") and req.get("units"):
+    if os.path.isdir("/run/systemd/system") and req.get("units") and not same:
         show = _start(["systemctl", "show", "-p", "Id,LoadState,ActiveState", "--", *req["units"]])
     osr: dict[str, str] = {}
     try:
@@ -146,12 +189,6 @@ def facts(req: Json) -> Json:
                     osr[k] = v.strip('"')
     except OSError:
         pass
-    files: Json = {}
-    for f in req.get("files", []):
-        st = file_state(root + f["path"])
-        if st and f.get("content") and st.get("sha256") != f.get("want_sha256"):
-            st = file_state(root + f["path"], content=True)
-        files[f["path"]] = st
     sysctl: Json = {}
     for key in req.get("sysctl", []):
         try:
@@ -162,7 +199,7 @@ def facts(req: Json) -> Json:
     commands = {c: which(c) for c in req.get("commands", [])}
     systemd = os.path.isdir("/run/systemd/system")
     units: Json = {}
-    if systemd and req.get("units"):
+    if show is not None:
         _, text = _collect(show)
         blocks = text.strip().split("\n\n")
         for i, unit in enumerate(req["units"]):
@@ -208,10 +245,12 @@ def _version_cache(req: Json, binary: str | None, version: str | None = None) ->
             return v.strip() if k == key and v.strip() else None
         except OSError:
             return None
-    with contextlib.suppress(OSError):
+    try:
         os.makedirs(state_dir(req), mode=0o700, exist_ok=True)
         with open(path, "w") as fh:
             fh.write(f"{key}\n{version}\n")
+    except OSError:
+        pass
     return version
 
 
@@ -244,6 +283,8 @@ def _nofile() -> int | None:
 
 def lock(req: Json) -> tuple[int | None, str]:
     """flock the host's lock file, waiting up to lock_timeout; (fd, '') or (None, who holds it)."""
+    import fcntl
+
     os.makedirs(state_dir(req), mode=0o700, exist_ok=True)
     fd = os.open(state_dir(req) + "/lock", os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + float(req.get("lock_timeout", 60))
@@ -262,6 +303,10 @@ def lock(req: Json) -> tuple[int | None, str]:
 
 
 def apply(req: Json, stream: IO[bytes], size: int) -> Json:
+    import json
+    import shutil
+    import signal
+
     stamp = req["stamp"]
     staging = f"{state_dir(req)}/staging/{stamp}"
     os.makedirs(staging, mode=0o700, exist_ok=True)
@@ -273,7 +318,7 @@ def apply(req: Json, stream: IO[bytes], size: int) -> Json:
         if f.get("source"):  # rollback: the content is a backup already on the host
             shutil.copyfile(f["source"], dest)
             continue
-        h = hashlib.sha256()
+        h = _sha256()
         left = int(f["size"])
         with open(dest, "wb") as fh:
             while left:
@@ -318,6 +363,8 @@ def apply(req: Json, stream: IO[bytes], size: int) -> Json:
 
 
 def read_result(path: str) -> Json:
+    import json
+
     try:
         with open(path) as fh:
             out: Json = json.load(fh)
@@ -340,6 +387,8 @@ def wait(req: Json) -> Json:
 
 
 def write_json(path: str, data: Json) -> None:
+    import json
+
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path + NEW, "w") as fh:
         json.dump(data, fh)
@@ -418,6 +467,8 @@ def _quote(s: str) -> str:
 
 
 def _sh(cmd: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    import subprocess
+
     try:
         p = subprocess.run(
             ["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
@@ -429,6 +480,8 @@ def _sh(cmd: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
 
 def backup(req: Json, changes: list[Json], handlers: list[Json]) -> Json:
     """Copy the live versions to backups/<stamp>/ and write the manifest before anything is replaced."""
+    import shutil
+
     root, stamp = _root(req), req["stamp"]
     bdir = f"{state_dir(req)}/backups/{stamp}"
     entries = []
@@ -474,6 +527,8 @@ def install(root: str, changes: list[Json], staging: str, ids: dict[str, tuple[i
 
 
 def _write_new(src: str, tmp: str, mode: int, uid: int, gid: int) -> None:
+    import shutil
+
     with open(src, "rb") as i, open(tmp, "wb") as o:
         shutil.copyfileobj(i, o)
         o.flush()
@@ -570,6 +625,8 @@ def logs(gate: Json, handlers: list[Json]) -> Json:
 
 
 def list_backups(req: Json) -> list[Json]:
+    import json
+
     base = state_dir(req) + "/backups"
     out = []
     for stamp in sorted(os.listdir(base)) if os.path.isdir(base) else []:
@@ -584,6 +641,8 @@ def list_backups(req: Json) -> list[Json]:
 
 
 def prune(req: Json) -> None:
+    import shutil
+
     keep = int(req.get("keep", 10))
     base = state_dir(req) + "/backups"
     stamps = sorted(os.listdir(base)) if os.path.isdir(base) else []

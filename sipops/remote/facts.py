@@ -84,7 +84,15 @@ def sysctl_keys(rendered: HostRender) -> list[str]:
 
 def facts_request(rendered: HostRender, *, content: bool, root: str = "") -> dict[str, Any]:
     """The agent request; with content=True, files whose hash differs come back with their bytes."""
-    files = [{"path": f.dest, "want_sha256": sha256(f.content), "content": content} for f in rendered.files]
+    files = [
+        {
+            "path": f.dest,
+            "want_sha256": sha256(f.content),
+            "want": [f"{int(f.mode, 8):04o}", f.owner, f.group],
+            "content": content,
+        }
+        for f in rendered.files
+    ]
     units = sorted({u for cmd in rendered.handlers.values() for u in handler_units(cmd)})
     cmds = sorted({c for f in rendered.files if (c := validator_command(f))})
     return {

@@ -33,6 +33,7 @@ def probe_source() -> bytes:
     """The push agent (with the SIP probe) followed by the tune probe, whose main() takes over."""
     body = inspect.getsource(probe).replace("from __future__ import annotations\n", "")
     body = body.replace("    from sipops.remote.agent import facts as push_facts\n", "    push_facts = facts\n")
+    body = body.replace("    from sipops.remote.agent import reply\n", "")
     return agent_source() + b"\n" + body.encode()
 
 

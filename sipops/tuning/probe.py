@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import re
 import subprocess
-import sys
 from typing import IO, Any
 
 with contextlib.suppress(ImportError):  # on the host the push agent's source is prepended instead
     from sipops.remote.agent import facts as push_facts
+    from sipops.remote.agent import reply
 
 Json = dict[str, Any]
 _PARAM = re.compile(r"^\s*(tcp_max_connections|open_files_limit|tcp_workers)\s*=\s*(\d+)", re.M)
@@ -29,8 +28,7 @@ def main(req: Json, stream: IO[bytes], size: int) -> None:
     out = tune_facts(req)
     if req.get("push"):
         out["push"] = push_facts(req["push"])
-    sys.stdout.write("SIPOPS-RESULT " + json.dumps(out) + "\n")
-    sys.stdout.flush()
+    reply(out)
 
 
 def tune_facts(req: Json) -> Json:
