@@ -126,20 +126,22 @@ def sudo_prefix(user: str) -> str:
 
 
 class SSHRunner:
-    """One host over one transport.connect() connection, kept open for every phase."""
+    """One host over one transport.Client connection (strict host keys), kept open for every phase."""
 
-    def __init__(self, host: Any, *, accept_new_host_key: bool = False, connect: Any = None) -> None:
-        from sipops.remote.transport import connect as transport_connect
+    def __init__(self, host: Any, *, accept_new_host_key: bool = False) -> None:
+        from sipops.remote.transport import Client
 
         self.name = str(host.name)
         self.host = host
         self.prefix = sudo_prefix(host.ssh.user)
-        self.conn = (connect or transport_connect)(host, accept_new_host_key=accept_new_host_key)
+        self.conn = Client(host, accept_new_host_key=accept_new_host_key)
 
     def exec(self, command: str, stdin: bytes, timeout: float) -> Output:
         try:
             self.conn.open()
+            assert self.conn.client is not None
             transport = self.conn.client.get_transport()
+            assert transport is not None
             chan = transport.open_session(timeout=float(self.host.ssh.connect_timeout))
             chan.exec_command(self.prefix + command)
             chan.sendall(stdin)

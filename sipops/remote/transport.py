@@ -1,17 +1,41 @@
-"""SSH connections to inventory hosts, with strict host-key checking and no hidden key sources."""
+"""SSH connections to inventory hosts, with strict host-key checking and no hidden key sources.
+
+connect() gives a Fabric Connection (commands that run shell commands: cron, service, lab checks).
+Client is the push engine's: the same paramiko SSHClient, settings and host-key rules without
+Fabric's Connection around it, whose import (invoke and its parser) alone cost 0.1 s of CPU in
+every `sipops push`; the agent talks to a raw channel anyway (sipops.remote.runner).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import fabric
-import paramiko
+
+def _import_paramiko_without_invoke() -> None:
+    """paramiko.config imports invoke (0.04 s) for `Match exec` in ssh_config files, which sipops never
+    reads (an empty SSHConfig, always): paramiko is loaded with invoke hidden, then invoke is
+    importable again for Fabric's commands."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        del sys.modules["invoke"]
+
+
+_import_paramiko_without_invoke()
+import paramiko  # noqa: E402
+
+if TYPE_CHECKING:
+    import fabric
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 
@@ -180,6 +204,8 @@ def connect(
     jump_host: the resolved ssh.jump host, when it names another inventory host; otherwise
     ssh.jump is read as `[user@]host[:port]`.
     """
+    import fabric
+
     timeout = connect_timeout if connect_timeout is not None else host.ssh.connect_timeout
     gateway: fabric.Connection | None = None
     if host.ssh.jump:
@@ -202,3 +228,68 @@ def connect(
     )
     conn.client = _client(host, accept_new_host_key)
     return conn
+
+
+class Client:
+    """One host's SSH connection for the push engine, opened on first use (open() is idempotent).
+
+    The same rules as connect(): only the inventory's known_hosts, RejectPolicy unless
+    accept_new_host_key, only the inventory's key (no agent, no ~/.ssh keys, no ~/.ssh/config),
+    ssh.jump through a direct-tcpip channel of the jump host's own strict connection.
+    """
+
+    def __init__(
+        self,
+        host: HostLike,
+        *,
+        accept_new_host_key: bool = False,
+        connect_timeout: int | None = None,
+        jump_host: HostLike | None = None,
+    ) -> None:
+        self.host = host
+        self.accept_new_host_key = accept_new_host_key
+        self.timeout = connect_timeout if connect_timeout is not None else host.ssh.connect_timeout
+        self.jump_host = jump_host
+        self.client: paramiko.SSHClient | None = None
+        self._gateway: Client | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        transport = self.client.get_transport() if self.client is not None else None
+        return transport is not None and transport.is_active()
+
+    def open(self) -> None:
+        if self.is_connected:
+            return
+        self.close()
+        host = self.host
+        sock: Any = None
+        if host.ssh.jump:
+            via = self.jump_host if self.jump_host is not None else parse_jump(host.ssh.jump, host)
+            self._gateway = Client(via, accept_new_host_key=self.accept_new_host_key, connect_timeout=self.timeout)
+            self._gateway.open()
+            assert self._gateway.client is not None
+            gw = self._gateway.client.get_transport()
+            assert gw is not None
+            sock = gw.open_channel("direct-tcpip", (host.address, host.ssh.port), ("", 0), timeout=self.timeout)
+        kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": False, "transport_factory": _transport}
+        if host.ssh.key is not None:
+            kwargs["key_filename"] = [str(host.ssh.key.expanduser())]
+        client = _client(host, self.accept_new_host_key)
+        try:
+            client.connect(
+                host.address, port=host.ssh.port, username=host.ssh.user, timeout=self.timeout, sock=sock, **kwargs
+            )
+        except BaseException:
+            client.close()
+            self.close()
+            raise
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None

@@ -157,3 +157,31 @@ def test_a_changed_host_key_refuses_the_connection_clearly(site: Site, tmp_path:
     assert f"host key of {site.names[0]} ({a}) differs from the one in {bad}: refusing to connect" in res.stdout
     other = next(line for line in res.stdout.splitlines() if line.startswith(site.names[1] + " "))
     assert other.split()[1] in ("unchanged", "changed")  # the other host is pushed as usual
+
+
+def test_a_host_behind_a_jump_host_is_reached_through_it(site: Site, tmp_path: Path) -> None:
+    """ssh.jump: the push engine's connection goes through the jump host (its sshd sees the jump host
+    as the client), with strict host keys on both hops."""
+    first, second = site.names
+    via, target = site.lab.hosts[first], site.lab.hosts[second]
+    ssh = {"user": "root", "key": str(site.lab.dir / "ssh" / "id_ed25519"), "known_hosts": str(site.known_hosts)}
+    inventory = site.dir / "jump.yaml"
+    hosts = {second: {"address": target, "ssh": {"jump": f"root@{via}"}}}
+    inventory.write_text(json.dumps({"defaults": {"ssh": ssh}, "hosts": hosts}))
+    since = site.lab.exec(second, "date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    time.sleep(1)
+    res = subprocess.run([*SIPOPS, "push", second, "-i", str(inventory)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = site.lab.exec(second, "journalctl", "-u", "ssh", "--since", since, "--no-pager", "-q").stdout
+    assert f"Accepted publickey for root from {via} " in log, log
+
+    # The jump host's key is checked as strictly as the target's.
+    lines = site.known_hosts.read_text().splitlines()
+    key_of_target = next(line.split(" ", 1)[1] for line in lines if line.startswith(target + " "))
+    bad = tmp_path / "known_hosts"
+    bad.write_text("\n".join([ln for ln in lines if not ln.startswith(via + " ")] + [f"{via} {key_of_target}"]) + "\n")
+    ssh["known_hosts"] = str(bad)
+    inventory.write_text(json.dumps({"defaults": {"ssh": ssh}, "hosts": hosts}))
+    res = subprocess.run([*SIPOPS, "push", second, "-i", str(inventory)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert f"host key of root@{via} ({via}) differs from the one in {bad}: refusing to connect" in res.stdout
