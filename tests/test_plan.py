@@ -66,3 +66,18 @@ def test_validator_command_is_the_program_the_validator_runs() -> None:
     f = _rendered({"dest": "/x", "content": "", "validate": "LC_ALL=C /usr/sbin/opensips -C -f {path}"})
     assert validator_command(f) == "/usr/sbin/opensips"
     assert validator_command(_rendered({"dest": "/x", "content": ""})) is None
+
+
+def test_every_restart_handler_clears_the_start_rate_limit_first() -> None:
+    """Pushes in a row restart a unit more than 5 times in 10 s: systemd's default start limit would
+    refuse the restart (and the rollback's), leaving the proxy stopped. Each handler resets it first."""
+    from sipops.roles import RoleLibrary
+
+    lib = RoleLibrary(None)
+    handlers = {name: cmd for role in lib.available() for name, cmd in lib.load(role).handlers.items()}
+    restarts = {name: cmd for name, cmd in handlers.items() if "systemctl restart" in cmd}
+    assert restarts, handlers
+    for name, cmd in restarts.items():
+        for unit in handler_units(cmd):
+            reset = cmd.find(f"systemctl reset-failed {unit.removesuffix('.service')}")
+            assert 0 <= reset < cmd.find("systemctl restart"), (name, cmd)

@@ -40,8 +40,10 @@ def service_action(host: Host, action: str, *, accept_new_host_key: bool = False
         cmd = f"systemctl is-active {unit}; systemctl status {unit} --no-pager -n 5 2>&1 | head -n 12; true"
     else:
         # On failure, the lines that say why: the unit's own journal.
+        # start/restart by an operator: clear systemd's start rate limit first (see roles/common.yaml)
+        reset = f"systemctl reset-failed {unit} 2>/dev/null; " if action in ("start", "restart") else ""
         cmd = (
-            f"systemctl {action} {unit}; rc=$?; systemctl is-active {unit};"
+            f"{reset}systemctl {action} {unit}; rc=$?; systemctl is-active {unit};"
             f" if [ $rc -ne 0 ]; then journalctl -u {unit} -n 20 --no-pager; fi; exit $rc"
         )
     runner = SSHRunner(host, accept_new_host_key=accept_new_host_key)

@@ -197,7 +197,7 @@ def service(layout: OpenSIPSLayout) -> PhasePlan:
             ),
             Step(
                 f"{unit} running",
-                f"systemctl start {unit} || {{ {diagnose}; }}",
+                f"systemctl reset-failed {unit} 2>/dev/null; systemctl start {unit} || {{ {diagnose}; }}",
                 unless=f"systemctl is-active -q {unit}",
             ),
         ],
