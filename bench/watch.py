@@ -2,21 +2,28 @@
 """bench/watch: CPU of `sipops watch` with N steady inbound connections and 1 s polls, beside a
 naive watcher (ss every second, parsed in Python) on the same host. Target: at most 2% of one core.
 
-As on a real proxy, the clients are elsewhere: the listener and the watchers run in one throwaway
-network namespace, the clients in another, joined by a veth pair on 198.18.250.0/30 (inside the lab
-range, behind its unreachable guard route). Both namespaces, the link and every process started
-here are removed at the end; every loop is bounded in count and time.
+As on a real proxy, the clients are elsewhere and many: the listener and the watchers run in one
+throwaway network namespace, the clients in another (--clients source addresses, 20 connections
+each by default), joined by a veth pair on 198.18.248.0/22 (inside the lab range, behind its
+unreachable guard route). sipops runs as the service does (sipops-watch.service): `watch --ban`
+with a journal, in a host tuned for the load (--tcp-max-connections above the connections held).
+Both namespaces, the link and every process started here are removed at the end; every loop is
+bounded in count and time.
 
-    python3 bench/watch.py [--conns 10000] [--seconds 20]
+    python3 bench/watch.py [--conns 10000] [--clients 500] [--seconds 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +31,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 SRV_NS, CLI_NS = "sipw-srv", "sipw-cli"
-SRV_IP, CLI_IP, PORT = "198.18.250.1", "198.18.250.2", 5060
+SRV_IP, PORT, PREFIX = "198.18.248.1", 5060, 22
+CLIENT_BASE = ipaddress.IPv4Address("198.18.248.2")  # clients .248.2 up to .251.254
 WARM = 5.0
 HOLD_SECONDS = 300
 
@@ -42,14 +50,19 @@ def sh(*argv: str) -> None:
     subprocess.run(list(argv), check=True, capture_output=True)
 
 
-def setup() -> None:
+def clients(n: int) -> list[str]:
+    return [str(CLIENT_BASE + i) for i in range(n)]
+
+
+def setup(n_clients: int) -> None:
     sh("sh", "-c", "ip route show 198.18.0.0/15 | grep -q unreachable || ip route add unreachable 198.18.0.0/15")
     for ns in (SRV_NS, CLI_NS):
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
     sh("ip", "link", "add", "sipw-s", "netns", SRV_NS, "type", "veth", "peer", "name", "sipw-c", "netns", CLI_NS)
-    sh("ip", "-n", SRV_NS, "addr", "add", f"{SRV_IP}/30", "dev", "sipw-s")
-    sh("ip", "-n", CLI_NS, "addr", "add", f"{CLI_IP}/30", "dev", "sipw-c")
+    sh("ip", "-n", SRV_NS, "addr", "add", f"{SRV_IP}/{PREFIX}", "dev", "sipw-s")
+    batch = "".join(f"addr add {a}/{PREFIX} dev sipw-c\n" for a in clients(n_clients))
+    subprocess.run(["ip", "-n", CLI_NS, "-batch", "-"], input=batch, text=True, check=True, capture_output=True)
     sh("ip", "-n", SRV_NS, "link", "set", "sipw-s", "up")
     sh("ip", "-n", CLI_NS, "link", "set", "sipw-c", "up")
 
@@ -81,12 +94,16 @@ def serve(n: int) -> None:
     select.select([sys.stdin], [], [], HOLD_SECONDS)
 
 
-def connect(n: int) -> None:
-    """In the client namespace: open n connections and hold them until stdin closes."""
+def connect(n: int, n_clients: int) -> None:
+    """In the client namespace: open n connections from n_clients addresses, hold them until stdin closes."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (n + 100, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    held = [socket.create_connection((SRV_IP, PORT), timeout=5) for _ in range(n)]
+    sources = clients(n_clients)
+    held = [
+        socket.create_connection((SRV_IP, PORT), timeout=5, source_address=(sources[i % n_clients], 0))
+        for i in range(n)
+    ]
     print(f"READY {len(held)}", flush=True)
     select.select([sys.stdin], [], [], HOLD_SECONDS)
 
@@ -133,8 +150,10 @@ def measure(argv: list[str], seconds: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--conns", type=int, default=10000)
+    ap.add_argument("--clients", type=int, default=500, help="client source addresses (at most 1000)")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("-v", action="store_true", help="CPU split per watcher (user, system, children)")
+    ap.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--connect", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -142,10 +161,13 @@ def main() -> int:
         serve(args.serve)
         return 0
     if args.connect:
-        connect(args.connect)
+        connect(args.connect, args.clients)
         return 0
+    if not 1 <= args.clients <= 1000:
+        sys.exit("bench/watch: --clients must be 1-1000")
     teardown()
-    setup()
+    setup(args.clients)
+    state = Path(tempfile.mkdtemp(prefix="sipops-bench-watch-"))
     holders: list[subprocess.Popen[str]] = []
     try:
         srv = subprocess.Popen(
@@ -157,7 +179,7 @@ def main() -> int:
         holders.append(srv)
         assert srv.stdout is not None and srv.stdout.readline().startswith("LISTENING")
         cli = subprocess.Popen(
-            in_ns(CLI_NS, sys.executable, __file__, "--connect", str(args.conns)),
+            in_ns(CLI_NS, sys.executable, __file__, "--connect", str(args.conns), "--clients", str(args.clients)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -169,10 +191,11 @@ def main() -> int:
             if line.strip() != f"READY {args.conns}":
                 sys.exit(f"bench/watch: connections not set up: {line!r}")
         run = "import sys; sys.path.insert(0, sys.argv.pop(1)); from sipops.cli import run; run()"
-        sipops = measure(
-            in_ns(SRV_NS, sys.executable, "-c", run, str(ROOT), "watch", "--interval", "1", "--port", str(PORT)),
-            args.seconds,
-        )
+        service = ["watch", "--ban", "--journal", str(state / "bans.sqlite"), "--interval", "1", "--port", str(PORT)]
+        service += ["--tcp-max-connections", str(max(4096, args.conns * 2))]
+        if "--debug" in sys.argv:
+            subprocess.run(in_ns(SRV_NS, sys.executable, os.environ.get("SIPOPS_BENCH_DEBUG", "")), check=False)
+        sipops = measure(in_ns(SRV_NS, sys.executable, "-c", run, str(ROOT), *service), args.seconds)
         naive = measure(in_ns(SRV_NS, sys.executable, "-c", NAIVE), args.seconds)
     finally:
         for proc in holders:
@@ -183,8 +206,12 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         teardown()
-    print(f"{args.conns} steady inbound connections, 1 s polls, {args.seconds:.0f} s measured after {WARM:.0f} s:")
-    print(f"  sipops watch      {sipops:5.2f}% of one core   (target <= 2%)")
+        shutil.rmtree(state, ignore_errors=True)
+    print(
+        f"{args.conns} steady inbound connections from {args.clients} addresses, 1 s polls, "
+        f"{args.seconds:.0f} s measured after {WARM:.0f} s:"
+    )
+    print(f"  sipops watch --ban {sipops:5.2f}% of one core   (target <= 2%)")
     print(f"  ss every second   {naive:5.2f}% of one core")
     if naive:
         print(f"  sipops / ss       {sipops / naive:5.2f}x")

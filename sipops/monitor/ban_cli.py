@@ -214,6 +214,9 @@ def watch_command(
             ban_factor=ban_factor,
             ban_max=_duration(ban_max, "--ban-max"),
             sip_log=sip_log,
+            # A person watching the live table, or --once for cron, gets every state afresh each poll;
+            # the service skips full scans while the counters prove no rule can fire (watch.py).
+            full_scan_every=0.0 if once or (not as_json and sys.stdout.isatty()) else 10.0,
             sip_rules=SipLogRules(
                 scanner_ban_seconds=_duration(scanner_ban_for, "--scanner-ban-for"),
                 pike_ban_seconds=_duration(ban_for, "--ban-for"),
@@ -266,6 +269,7 @@ def _print_poll(result: Any, watcher: Any, out: TextIO, *, live: bool, as_json: 
             "alerts": [v.describe() for v in result.alerts],
             "errors": result.errors,
             "closed": result.closed,
+            "full_scan": result.full_scan,
         }
         out.write(json.dumps(data) + "\n")
         out.flush()

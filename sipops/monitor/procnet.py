@@ -125,6 +125,24 @@ def read_tcpext(path: str = "/proc/net/netstat") -> dict[str, int] | None:
     return None
 
 
+def read_passive_opens(path: str = "/proc/net/snmp") -> int | None:
+    """Tcp PassiveOpens of this network namespace (IPv4 and IPv6 share the TCP MIB): every inbound
+    connection that reached ESTABLISHED since boot. None when the file cannot be read."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for head, values in itertools.pairwise(lines):
+        if head.startswith("Tcp:") and values.startswith("Tcp:"):
+            row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            try:
+                return int(row["PassiveOpens"])
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
 def socket_owners(inodes: AbstractSet[int], max_fds: int = 2_000_000) -> dict[int, list[int]]:
     """Socket inode -> pids holding it, by reading /proc/PID/fd links (what psutil does, minus
     its full connection table: only the wanted inodes are looked up). Bounded by max_fds links."""

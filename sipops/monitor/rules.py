@@ -80,8 +80,14 @@ class RuleEngine:
     def limits(self, port: int) -> Thresholds:
         return self.per_port.get(port, self.default)
 
-    def evaluate(self, table: ConnectionTable) -> list[Verdict]:
-        """Verdicts for one scan: at most one ban per address (the longest; its evidence lists every rule)."""
+    def evaluate(self, table: ConnectionTable, *, window: float | None = None, carried: int = 0) -> list[Verdict]:
+        """Verdicts for one scan: at most one ban per address (the longest; its evidence lists every rule).
+
+        window, carried: when the scan before this one was a partial one (sipops.monitor.watch), `new`
+        counts the connections of the last `window` seconds, of which at most `carried` opened before
+        the previous poll. The rate is then the larger of two lower bounds of the busiest poll's rate:
+        the window's average, and (new - carried) over the time since the previous poll.
+        """
         now = self.clock()
         elapsed = None if self._last_poll is None else max(now - self._last_poll, 0.2)
         self._last_poll = now
@@ -98,11 +104,12 @@ class RuleEngine:
             if n > lim.max_conns_per_ip:
                 raw.append(self._ban("conn_flood", ip, port, n, lim.max_conns_per_ip, lim.ban_seconds, "conns"))
         if elapsed is not None:
+            span = elapsed if window is None else max(window, elapsed)
             for (port, ip), n in table.new.items():
                 lim = self.limits(port)
-                rate = n / elapsed
+                rate = n / span if window is None else max(n / span, (n - carried) / elapsed)
                 if rate > lim.new_per_sec:
-                    ev = f"new={n} in {elapsed:.1f}s"
+                    ev = f"new={n} in {span:.1f}s"
                     raw.append(self._ban("conn_rate", ip, port, round(rate, 1), lim.new_per_sec, lim.ban_seconds, ev))
         for (port, ip), n in syn.items():
             lim = self.limits(port)

@@ -4,6 +4,17 @@ poll(): scan (cookies of the last poll -> new connections) -> verdicts (rules + 
 allowlist turns bans of its addresses into alerts -> escalation from the journal's count -> journal,
 then ONE backend batch (ban for new elements, refresh for live ones) -> the addresses' connections
 closed (SOCK_DESTROY) -> one syslog line per ban. Without `ban` it only reports what it would ban.
+
+Full scans only when a rule could fire: dumping every socket each second is most of the watcher's
+CPU on a proxy holding 10k connections (the kernel walks and serialises each one). Between full
+scans a poll reads the netns's Tcp PassiveOpens counter (/proc/net/snmp) and dumps SYN_RECV sockets
+alone (the kernel skips the others after one state test). A new connection is the only way a
+per-address count or a port's total can grow, so while the opens since the last full scan stay
+below the smallest headroom (threshold minus the busiest address, or minus the port's total), and
+the opens of each poll below the smallest new-connections rate, no ban rule can fire and the full
+scan is skipped; the first poll where that no longer holds, and every `full_scan_every` seconds
+anyway (CLOSE_WAIT build-up, the live table), scans everything. The rate rule stays exact: see
+RuleEngine.evaluate(window=, carried=).
 Every `canary_every` s it checks the kernel's canary element (cheap); when it is gone, or every
 `reassert_every` s anyway, all live journal bans are re-asserted in one batch (no set listing).
 """
@@ -17,6 +28,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sipops.monitor import procnet
 from sipops.monitor import scan as scanner
 from sipops.monitor.allow import Allowlist
 from sipops.monitor.ban import Ban, BanBackend, BanBackendError
@@ -57,6 +69,7 @@ class WatchConfig:
     close_connections: bool = True
     canary_every: float = 5.0
     reassert_every: float = 300.0
+    full_scan_every: float = 10.0  # at most this long between full scans; 0: every poll is one
 
 
 @dataclass
@@ -69,6 +82,7 @@ class PollResult:
     apply_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     reasserted: int = 0
+    full_scan: bool = True  # False: SYN_RECV was read afresh, the other states are the last full scan's
 
 
 class Watcher:
@@ -82,6 +96,8 @@ class Watcher:
         allow: Allowlist,
         *,
         scan: Callable[..., scanner.ConnectionTable] | None = None,
+        scan_syn: Callable[..., scanner.ConnectionTable] | None = None,
+        opens: Callable[[], int | None] | None = None,
         closer: Callable[[Sequence[str]], int] | None = None,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
@@ -92,6 +108,16 @@ class Watcher:
         self.backend = backend if config.ban else None
         self.allow = allow
         self.scan = scan or (lambda ports, known=None: scanner.scan(ports, known=known))
+        self.scan_syn = scan_syn or (
+            lambda ports: scanner.scan(
+                ports, states=[scanner.TcpState.SYN_RECV], cookies=False, families=scanner.listener_families(ports)
+            )
+        )
+        # Partial polls need the opens counter; a test that injects its own scan gets full scans
+        # unless it injects the counter too.
+        if opens is None and scan is None:
+            opens = procnet.read_passive_opens
+        self.opens = opens
         self.closer = closer if closer is not None else (lambda addrs: scanner.close_connections(addrs, None))
         self.clock = clock
         self.monotonic = monotonic
@@ -104,6 +130,13 @@ class Watcher:
         self._journal_version = -1
         self._next_canary = 0.0
         self._next_reassert = 0.0
+        self._full: scanner.ConnectionTable | None = None  # the last full scan
+        self._full_at = 0.0  # monotonic time of it
+        self._opens_full = 0  # PassiveOpens at the last full scan
+        self._opens_prev: int | None = None  # and at the previous poll
+        self._prev_at = 0.0
+        self._headroom = 0.0  # new connections the last full scan leaves before a count rule can fire
+        self._min_rate = min([config.thresholds.new_per_sec, *(t.new_per_sec for t in config.per_port.values())])
 
     def start(self) -> int:
         """Declare the sets and restore live bans in ONE batch; drop kernel-meter bans of allowlisted hosts."""
@@ -146,9 +179,25 @@ class Watcher:
         """One round: see the module docstring."""
         errors: list[str] = []
         reasserted = self._maintain(errors)
-        table = self.scan(self.config.ports, known=self._known)
-        self._known = table.cookies
-        verdicts = self.engine.evaluate(table)
+        mono = self.monotonic()
+        opens = self.opens() if self.opens is not None else None
+        full = self._full_scan_needed(mono, opens)
+        if full:
+            table = self.scan(self.config.ports, known=self._known)
+            window, carried = None, 0
+            if self._full is not None and self._opens_prev is not None and opens is not None:
+                window = mono - self._full_at
+                carried = max(0, self._opens_prev - self._opens_full)
+            verdicts = self.engine.evaluate(table, window=window, carried=carried)
+            self._known = table.cookies
+            self._full, self._full_at, self._opens_full = table, mono, opens or 0
+            self._headroom = self._headroom_of(table)
+        else:
+            assert self._full is not None
+            syn = self.scan_syn(self.config.ports)
+            verdicts = self.engine.evaluate(syn)
+            table = _with_syn_of(self._full, syn)
+        self._opens_prev, self._prev_at = opens, mono
         if table.netstat is not None:
             if self._netstat is not None:
                 verdicts += self.engine.syn_cookies(table.netstat.delta(self._netstat).syncookies_sent)
@@ -163,7 +212,39 @@ class Watcher:
         result.alerts = [v for v in verdicts if v.action == ALERT]
         result.errors = errors + result.errors
         result.reasserted = reasserted
+        result.full_scan = full
         return result
+
+    def _full_scan_needed(self, mono: float, opens: int | None) -> bool:
+        """False only when the counters prove no ban rule (nor port_near_limit) can fire this poll."""
+        if opens is None or self._full is None or self._opens_prev is None or self.config.full_scan_every <= 0:
+            return True
+        if mono - self._full_at >= self.config.full_scan_every:
+            return True
+        since_full, this_poll = opens - self._opens_full, opens - self._opens_prev
+        if since_full < 0 or this_poll < 0:  # counter went back (netns recreated): start over
+            return True
+        if since_full >= self._headroom:
+            return True
+        return this_poll > self._min_rate * max(mono - self._prev_at, 0.0)
+
+    def _headroom_of(self, table: scanner.ConnectionTable) -> float:
+        """How many new connections it takes, at least, before conn_flood or port_near_limit can fire:
+        the smallest (threshold - busiest address) and (alert level - port total) over the ports."""
+        limits = [self.config.thresholds, *self.config.per_port.values()]
+        room = min(min(t.max_conns_per_ip, t.tcp_max_connections * t.port_alert_ratio) for t in limits)
+        busiest: dict[int, int] = {}
+        for (port, state, ip), n in table.counts.items():
+            # An allowlisted address is never banned (only alerted on, on full scans): not counted.
+            if state == scanner.TcpState.ESTABLISHED and n > busiest.get(port, 0) and ip not in self.allow:
+                busiest[port] = n
+        for port, n in busiest.items():
+            room = min(room, self.engine.limits(port).max_conns_per_ip - n)
+        for port, stats in table.ports.items():
+            lim = self.engine.limits(port)
+            total = stats.total - stats.states.get(scanner.TcpState.TIME_WAIT, 0)
+            room = min(room, lim.tcp_max_connections * lim.port_alert_ratio - total)
+        return room
 
     def apply(self, verdicts: Sequence[Verdict]) -> PollResult:
         """Ban the verdicts' addresses not already banned: journal, one batch, close connections, log."""
@@ -234,6 +315,22 @@ class Watcher:
         except BanBackendError as exc:
             errors.append(str(exc))
         return 0
+
+
+def _with_syn_of(full: scanner.ConnectionTable, syn: scanner.ConnectionTable) -> scanner.ConnectionTable:
+    """The last full scan with its SYN_RECV counts replaced by a fresh SYN_RECV-only scan's."""
+    counts = {k: n for k, n in full.counts.items() if k[1] != scanner.TcpState.SYN_RECV}
+    counts.update(syn.counts)
+    return scanner.ConnectionTable(
+        counts=counts,
+        new={},
+        cookies=full.cookies,
+        netstat=syn.netstat,
+        source=syn.source,
+        fallback_reason=syn.fallback_reason,
+        taken_at=syn.taken_at,
+        elapsed=syn.elapsed,
+    )
 
 
 def _evidence(v: Verdict) -> str:
