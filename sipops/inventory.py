@@ -15,7 +15,7 @@ from typing import Any
 
 from sipops.errors import InputError
 from sipops.roles import Role, RoleLibrary
-from sipops.types import BadValue, FieldSpec, check_host, check_int, check_port, check_str, suggest
+from sipops.types import BadValue, FieldSpec, check_bool, check_host, check_int, check_port, check_str, suggest
 from sipops.yamlpos import Located, dotted, load_located
 
 DEFAULT_INVENTORY = "inventory.yaml"
@@ -24,7 +24,7 @@ _TOP_KEYS = ["defaults", "groups", "hosts"]
 _DEFAULTS_KEYS = ["ssh", "vars"]
 _GROUP_KEYS = ["members", "roles", "vars", "ssh"]
 _HOST_KEYS = ["address", "ssh", "roles", "vars"]
-_SSH_KEYS = ["user", "port", "key", "known_hosts", "jump", "connect_timeout"]
+_SSH_KEYS = ["user", "port", "key", "known_hosts", "jump", "connect_timeout", "agent"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class SshSpec:
     known_hosts: Path | None = None
     jump: str | None = None
     connect_timeout: int = 10
+    agent: bool | None = None  # the SSH agent ($SSH_AUTH_SOCK); unset: used when no key is given
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ def _ssh(chk: _Checker, path: tuple[str | int, ...], raw: Any, base: SshSpec, in
             out[key] = expanded if expanded.is_absolute() else (inv_dir / expanded)
         elif key == "jump":
             out[key] = chk.value(p, check_str, value)
+        elif key == "agent":
+            out[key] = chk.value(p, check_bool, value)
     return SshSpec(**out)
 
 

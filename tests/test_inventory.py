@@ -69,6 +69,19 @@ def test_ipv6_addresses_and_ssh_paths_relative_to_the_inventory(write_inventory,
     assert b.ssh.key == tmp_path / "keys" / "id"
 
 
+def test_ssh_agent_is_used_when_no_key_is_given_or_when_asked_for(write_inventory, tmp_path):
+    from sipops.remote.transport import auth_kwargs
+
+    text = "defaults:\n  ssh: {key: id}\nhosts:\n  a: {address: 192.0.2.1}\n  b:\n    address: 192.0.2.2\n"
+    text += "    ssh: {agent: true}\n  c:\n    address: 192.0.2.3\n"
+    inv = load_inventory(write_inventory(text))
+    a, b = auth_kwargs(inv.hosts["a"].ssh), auth_kwargs(inv.hosts["b"].ssh)
+    assert (a["allow_agent"], a["key_filename"], a["look_for_keys"]) == (False, [str(tmp_path / "id")], False)
+    assert (b["allow_agent"], b["key_filename"]) == (True, [str(tmp_path / "id")])
+    bare = load_inventory(write_inventory("hosts:\n  a: {address: 192.0.2.1}\n")).hosts["a"]
+    assert auth_kwargs(bare.ssh)["allow_agent"] is True and "key_filename" not in auth_kwargs(bare.ssh)
+
+
 def test_select_by_host_group_and_all(write_inventory):
     inv = load_inventory(write_inventory(GOOD))
     assert [h.name for h in inv.select(["late"])] == ["b"]
@@ -156,6 +169,12 @@ BAD = {
         4,
         "hosts.a.vars.opensips_install",
         "expected one of package, source, existing",
+    ),
+    "bad ssh agent": (
+        "hosts:\n  a:\n    address: 192.0.2.1\n    ssh: {agent: maybe}\n",
+        4,
+        "hosts.a.ssh.agent",
+        "expected",
     ),
     "yaml syntax": ("hosts:\n  a: {address: 192.0.2.1\n", 3, None, "YAML syntax error"),
     "no hosts": ("defaults: {}\n", None, None, "no hosts"),

@@ -19,6 +19,7 @@ class LabSSH:
     known_hosts: Path | None
     jump: str | None = None
     connect_timeout: int = 10
+    agent: bool | None = None
 
 
 @dataclass(frozen=True)

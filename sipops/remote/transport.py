@@ -55,6 +55,8 @@ class SSHSettingsLike(Protocol):
     def jump(self) -> str | None: ...
     @property
     def connect_timeout(self) -> int: ...
+    @property
+    def agent(self) -> bool | None: ...
 
 
 class HostLike(Protocol):
@@ -102,6 +104,7 @@ class _JumpSSH:
     known_hosts: Path | None
     connect_timeout: int
     jump: str | None = None
+    agent: bool | None = None
 
 
 _JUMP = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:\s]+)(?::(?P<port>\d+))?$")
@@ -119,6 +122,7 @@ def parse_jump(spec: str, via: HostLike) -> JumpHost:
         key=via.ssh.key,
         known_hosts=via.ssh.known_hosts,
         connect_timeout=via.ssh.connect_timeout,
+        agent=via.ssh.agent,
     )
     return JumpHost(name=spec, address=address, ssh=settings)
 
@@ -178,6 +182,19 @@ def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
     return paramiko.Transport(sock, **kwargs)
 
 
+def auth_kwargs(ssh: SSHSettingsLike) -> dict[str, Any]:
+    """How paramiko authenticates: the inventory's key (ssh.key) and/or the SSH agent ($SSH_AUTH_SOCK).
+
+    ssh.agent unset: the agent only when no key is given (a named key is used alone, like
+    IdentitiesOnly). Never ~/.ssh/id_* behind the inventory's back.
+    """
+    use_agent = ssh.agent if ssh.agent is not None else ssh.key is None
+    kwargs: dict[str, Any] = {"allow_agent": use_agent, "look_for_keys": False, "transport_factory": _transport}
+    if ssh.key is not None:
+        kwargs["key_filename"] = [str(ssh.key.expanduser())]
+    return kwargs
+
+
 def _client(host: HostLike, accept_new_host_key: bool) -> paramiko.SSHClient:
     path = known_hosts_path(host)
     client = _StrictClient(host, path)
@@ -211,9 +228,7 @@ def connect(
     if host.ssh.jump:
         via: HostLike = jump_host if jump_host is not None else parse_jump(host.ssh.jump, host)
         gateway = connect(via, accept_new_host_key=accept_new_host_key, connect_timeout=timeout)
-    connect_kwargs: dict[str, object] = {"allow_agent": False, "look_for_keys": False, "transport_factory": _transport}
-    if host.ssh.key is not None:
-        connect_kwargs["key_filename"] = [str(host.ssh.key.expanduser())]
+    connect_kwargs = auth_kwargs(host.ssh)
     # An explicit empty SSHConfig keeps ~/.ssh/config from changing where or how we connect;
     # remote commands never read our stdin (sipops runs unattended, often under cron or pytest).
     config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={"run": {"in_stream": False}})
@@ -234,7 +249,7 @@ class Client:
     """One host's SSH connection for the push engine, opened on first use (open() is idempotent).
 
     The same rules as connect(): only the inventory's known_hosts, RejectPolicy unless
-    accept_new_host_key, only the inventory's key (no agent, no ~/.ssh keys, no ~/.ssh/config),
+    accept_new_host_key, only the inventory's key and/or the SSH agent (auth_kwargs; no ~/.ssh keys, no ~/.ssh/config),
     ssh.jump through a direct-tcpip channel of the jump host's own strict connection.
     """
 
@@ -272,9 +287,12 @@ class Client:
             gw = self._gateway.client.get_transport()
             assert gw is not None
             sock = gw.open_channel("direct-tcpip", (host.address, host.ssh.port), ("", 0), timeout=self.timeout)
-        kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": False, "transport_factory": _transport}
-        if host.ssh.key is not None:
-            kwargs["key_filename"] = [str(host.ssh.key.expanduser())]
+        kwargs = auth_kwargs(host.ssh)
+        if "key_filename" not in kwargs and not (kwargs["allow_agent"] and os.environ.get("SSH_AUTH_SOCK")):
+            why = "ssh.agent is false" if kwargs["allow_agent"] is False else "$SSH_AUTH_SOCK is not set"
+            raise paramiko.AuthenticationException(
+                f"no SSH key for {host.name}: set ssh.key in the inventory, or load the key into an SSH agent ({why})"
+            )
         client = _client(host, self.accept_new_host_key)
         try:
             client.connect(

@@ -185,3 +185,30 @@ def test_a_host_behind_a_jump_host_is_reached_through_it(site: Site, tmp_path: P
     res = subprocess.run([*SIPOPS, "push", second, "-i", str(inventory)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert f"host key of root@{via} ({via}) differs from the one in {bad}: refusing to connect" in res.stdout
+
+
+def test_the_ssh_agent_authenticates_when_the_inventory_names_no_key(site: Site, tmp_path: Path) -> None:
+    name = site.names[0]
+    inventory = site.dir / "agent.yaml"
+    ssh = {"user": "root", "known_hosts": str(site.known_hosts)}
+    inventory.write_text(json.dumps({"defaults": {"ssh": ssh}, "hosts": {name: {"address": site.lab.hosts[name]}}}))
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {"PATH": "/usr/bin:/bin", "SSH_AUTH_SOCK": str(sock), "HOME": str(tmp_path)}
+        add = subprocess.run(["ssh-add", str(site.lab.dir / "ssh" / "id_ed25519")], env=env, capture_output=True)
+        assert add.returncode == 0, add.stderr
+        argv = [*SIPOPS, "push", name, "-i", str(inventory)]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+        env.pop("SSH_AUTH_SOCK")  # no key, no agent: the host fails with the reason
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 1
+        assert "no SSH key" in res.stdout, res.stdout
+    finally:
+        agent.terminate()
+        agent.wait(10)
