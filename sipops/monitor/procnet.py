@@ -114,31 +114,29 @@ def read_listeners() -> list[dict[str, object]]:
 
 def read_tcpext(path: str = "/proc/net/netstat") -> dict[str, int] | None:
     """Every TcpExt counter by name, or None when the file cannot be read."""
-    try:
-        with open(path) as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for head, values in itertools.pairwise(lines):
-        if head.startswith("TcpExt:") and values.startswith("TcpExt:"):
-            return {k: int(v) for k, v in zip(head.split()[1:], values.split()[1:], strict=False)}
-    return None
+    return _mib_row(path, "TcpExt:")
 
 
 def read_passive_opens(path: str = "/proc/net/snmp") -> int | None:
     """Tcp PassiveOpens of this network namespace (IPv4 and IPv6 share the TCP MIB): every inbound
     connection that reached ESTABLISHED since boot. None when the file cannot be read."""
+    row = _mib_row(path, "Tcp:")
+    return None if row is None else row.get("PassiveOpens")
+
+
+def _mib_row(path: str, prefix: str) -> dict[str, int] | None:
+    """The counters of one section of /proc/net/netstat or /proc/net/snmp (a header line of names,
+    then a line of values, both starting with `prefix`)."""
     try:
         with open(path) as fh:
             lines = fh.read().splitlines()
     except OSError:
         return None
     for head, values in itertools.pairwise(lines):
-        if head.startswith("Tcp:") and values.startswith("Tcp:"):
-            row = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+        if head.startswith(prefix) and values.startswith(prefix):
             try:
-                return int(row["PassiveOpens"])
-            except (KeyError, ValueError):
+                return {k: int(v) for k, v in zip(head.split()[1:], values.split()[1:], strict=False)}
+            except ValueError:
                 return None
     return None
 
