@@ -64,6 +64,21 @@ def test_lint_fails_on_an_unknown_function():
     assert _errors(bad) == ["opensips.cfg:12: unknown function sl_send_replay()"]
 
 
+def test_a_module_outside_the_table_is_allowed_and_left_to_opensips_c():
+    """rtpengine (and acc, drouting, your own): loaded, configured and called without a lint error."""
+    cfg = GOOD.replace('loadmodule "sipmsgops.so"', 'loadmodule "sipmsgops.so"\nloadmodule "rtpengine.so"')
+    cfg = cfg.replace('modparam("tm"', 'modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:2223")\nmodparam("tm"')
+    cfg = cfg.replace("\troute(relay);", "\trtpengine_manage();\n\troute(relay);")
+    assert _errors(cfg) == []
+    # what the table knows is still checked next to it
+    assert _errors(cfg.replace('sl_send_reply(200, "OK");', 'lookup("location");')) == [
+        "opensips.cfg:14: lookup() belongs to module registrar, which is not loaded"
+    ]
+    assert _errors(cfg.replace('modparam("tm", "fr_timeout"', 'modparam("tm", "fr_timout"')) == [
+        "opensips.cfg:10: module 'tm' has no parameter 'fr_timout'"
+    ]
+
+
 def test_lint_fails_on_a_function_of_a_module_that_is_not_loaded():
     bad = GOOD.replace("\tt_on_failure", '\tlookup("location");\n\tt_on_failure')
     assert _errors(bad) == ["opensips.cfg:16: lookup() belongs to module registrar, which is not loaded"]
