@@ -1,8 +1,9 @@
 """The inventory: hosts, groups and defaults, validated, with each host's merged variables.
 
 Precedence (lowest first): role defaults < inventory defaults < group vars (in file order) < host vars
-< tuned/<host>.yaml beside the inventory (written by `sipops tune-tcp`: computed from the inventory's
-max_connections and the host's facts; delete the file to drop them).
+< tuned/<host>.yaml beside the inventory (written by `sipops tune-tcp`: the limits computed from the
+inventory's max_connections and the host's facts; and by `sipops cron install|remove`: the health
+schedule it set up; delete a line or the file to drop them).
 Variables are replaced whole at each level (a list or mapping is not merged).
 """
 
@@ -262,6 +263,32 @@ def tuned_path(inv_dir: Path, host: str) -> Path:
     return inv_dir / TUNED_DIR / f"{host}.yaml"
 
 
+# Keys `sipops cron install|remove` keeps in tuned/<host>.yaml (the rest are tune-tcp's).
+CRON_KEYS = ("health_cron", "health_timer", "health_command", "health_alert_cmd")
+_OVERLAY_HEADER = (
+    "# Written by sipops: tune-tcp's limits computed for this host, cron install's health schedule.\n"
+    "# They sit above the inventory's own values, so `sipops push` keeps them; delete a line (or\n"
+    "# the file) to return to the inventory's values.\n"
+)
+
+
+def save_overlay(inv_dir: Path, host: str, values: dict[str, Any]) -> Path:
+    """Merge `values` into tuned/<host>.yaml; the keys other commands wrote there stay."""
+    import yaml
+
+    path = tuned_path(inv_dir, host)
+    current: dict[str, Any] = {}
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text())
+        current = dict(loaded) if isinstance(loaded, dict) else {}
+    current.update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(_OVERLAY_HEADER + yaml.safe_dump(current, sort_keys=True, default_flow_style=False))
+    tmp.replace(path)
+    return path
+
+
 def _apply_tuned(
     inv_dir: Path,
     hname: str,
@@ -278,7 +305,8 @@ def _apply_tuned(
     for vname, value in values.items():
         if vname in merged:
             merged[vname] = value
-            origins[vname] = Origin("tune-tcp", tdoc.file, tdoc.line((vname,)) or 0)
+            level = "cron install" if vname in CRON_KEYS else "tune-tcp"
+            origins[vname] = Origin(level, tdoc.file, tdoc.line((vname,)) or 0)
 
 
 def _display(path: Path) -> str:

@@ -161,7 +161,7 @@ def test_cron_install_with_timer_removes_the_cron_entry_and_remove_cleans_both(w
     res = cron.install(conn, inv, inv.hosts["sip1"], timer=True, alert_cmd=None)
     assert f"removed {cron.CRON_PATH}" in res.changed
     gone = FakeConnection(facts=f"abc  {cron.TIMER_PATH}\nabc  {cron.AGENT_PATH}\n")
-    res = cron.remove(gone, inv.hosts["sip1"])
+    res = cron.remove(gone, inv, inv.hosts["sip1"])
     assert res.changed == ["removed sipops-health.timer", f"removed {cron.AGENT_PATH}"]
 
 
@@ -188,3 +188,31 @@ def test_cli_local_nagios_exit_code_and_bad_input(tmp_path: Path, cli: Cli) -> N
     assert code == 2 and "unknown check 'nope'" in err
     code, _, err = cli("health")
     assert code == 2 and "--local or HOST" in err
+
+
+def test_push_renders_what_cron_install_wrote_so_neither_undoes_the_other(write_inventory: Any) -> None:
+    """cron install keeps its choices in tuned/<host>.yaml: the push engine then renders the same
+    health.json and timer, and no cron.d entry beside the timer (the checks would run twice)."""
+    from sipops.render import render_host
+
+    path = write_inventory(INVENTORY)
+    inv = load_inventory(path)
+    conn = FakeConnection(facts=f"abc  {cron.CRON_PATH}\nPYTHON3=/usr/bin/python3\n")
+    assert cron.install(conn, inv, inv.hosts["sip1"], timer=True, alert_cmd="logger sipops").ok
+    uploaded = {k.removesuffix(".sipops-tmp"): v for k, v in conn.uploads.items()}
+
+    again = load_inventory(path)
+    host = again.hosts["sip1"]
+    assert host.origins["health_timer"].level == "cron install"
+    pushed = {f.dest: f.content for f in render_host(again, host).files}
+    assert cron.CRON_PATH not in pushed
+    for dest in (cron.CONFIG_PATH, cron.SERVICE_PATH, cron.TIMER_PATH):
+        assert pushed[dest] == uploaded[dest], dest
+    assert json.loads(pushed[cron.CONFIG_PATH])["alert_cmd"] == "logger sipops"
+
+    gone = FakeConnection(facts=f"abc  {cron.TIMER_PATH}\n")
+    assert cron.remove(gone, again, host).ok
+    after = load_inventory(path)
+    dests = {f.dest for f in render_host(after, after.hosts["sip1"]).files}
+    assert not dests & {cron.CRON_PATH, cron.SERVICE_PATH, cron.TIMER_PATH}
+    assert after.hosts["lb1"].vars["health_cron"] is True  # the other host is untouched

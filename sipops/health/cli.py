@@ -120,7 +120,7 @@ def cron(
             if action == "install":
                 res = cronmod.install(conn, inv, host, timer=timer, alert_cmd=alert_cmd)
             else:
-                res = cronmod.remove(conn, host)
+                res = cronmod.remove(conn, inv, host)
         finally:
             close = getattr(conn, "close", None)
             if close is not None:

@@ -3,11 +3,15 @@
 Install writes /etc/sipops/health.json (thresholds, the alert command), the agent when the host has
 no sipops (a zipapp run by python3), and either /etc/cron.d/sipops-health or the
 sipops-health.service/.timer pair; the other form is removed so the checks never run twice.
-Files are uploaded only when their sha256 differs, each through a temp file and a rename.
+Files are uploaded only when their sha256 differs, each through a temp file and a rename. They are
+rendered by the push engine's templates, and the choices (timer, alert command, the command run) are
+kept in tuned/<host>.yaml beside the inventory: a later `sipops push` renders the same files and
+never brings the other form back. `remove` keeps health_cron: false there for the same reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import shlex
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipops.health.bundle import zipapp_bytes
-from sipops.inventory import Host, Inventory
+from sipops.inventory import Host, Inventory, save_overlay
 
 AGENT_PATH = "/usr/local/lib/sipops/sipops-health.pyz"
 CONFIG_PATH = "/etc/sipops/health.json"
@@ -45,22 +49,22 @@ class CronResult:
     error: str = ""
 
 
-def render_files(inv: Inventory, host: Host, *, timer: bool, alert_cmd: str | None, command: str) -> list[FileToWrite]:
-    """health.json and the schedule (cron entry or service + timer) for `host`, run by `command`."""
-    from sipops.render import context, environment
-
-    env = environment(inv)
-    ctx = context(inv, host)
-    ctx["health_command"] = command
+def schedule_vars(*, timer: bool, alert_cmd: str | None, command: str | None) -> dict[str, Any]:
+    """What `cron install` keeps in tuned/<host>.yaml, so `sipops push` renders the same schedule."""
+    values: dict[str, Any] = {"health_cron": True, "health_timer": timer, "health_command": command}
     if alert_cmd is not None:
-        ctx["health_alert_cmd"] = alert_cmd
-    files = [FileToWrite(CONFIG_PATH, env.get_template("sipops/health.json.j2").render(ctx).encode())]
-    if timer:
-        files.append(FileToWrite(SERVICE_PATH, env.get_template("cron/sipops-health.service.j2").render(ctx).encode()))
-        files.append(FileToWrite(TIMER_PATH, env.get_template("cron/sipops-health.timer.j2").render(ctx).encode()))
-    else:
-        files.append(FileToWrite(CRON_PATH, env.get_template("cron/sipops-health.j2").render(ctx).encode()))
-    return files
+        values["health_alert_cmd"] = alert_cmd
+    return values
+
+
+def render_files(inv: Inventory, host: Host, values: dict[str, Any]) -> list[FileToWrite]:
+    """health.json and the schedule (cron entry, or service + timer) exactly as `sipops push` renders
+    them once `values` are in the host's variables: the two commands never undo each other."""
+    from sipops.render import render_host
+
+    rendered = render_host(inv, dataclasses.replace(host, vars={**host.vars, **values}))
+    wanted = (CONFIG_PATH, CRON_PATH, SERVICE_PATH, TIMER_PATH)
+    return [FileToWrite(f.dest, f.content, f.mode) for f in rendered.files if f.dest in wanted]
 
 
 def facts_command(paths: list[str], sipops_bin: str) -> str:
@@ -111,14 +115,14 @@ def install(conn: Runner, inv: Inventory, host: Host, *, timer: bool, alert_cmd:
     facts = conn.run(facts_command(managed, sipops_bin), hide=True, warn=True, timeout=60)
     sums, has_sipops, python = parse_facts(facts.stdout)
     agent: FileToWrite | None = None
-    if has_sipops:
-        command = f"{sipops_bin} health"
-    elif python:
+    command: str | None = None  # the default: <sipops_bin> health
+    if not has_sipops and python:
         command = f"{python} {AGENT_PATH}"
         agent = FileToWrite(AGENT_PATH, zipapp_bytes(), "0755")
-    else:
+    elif not has_sipops:
         return CronResult(host.name, False, error=f"neither {sipops_bin} nor python3 on the host")
-    files = render_files(inv, host, timer=timer, alert_cmd=alert_cmd, command=command)
+    values = schedule_vars(timer=timer, alert_cmd=alert_cmd, command=command)
+    files = render_files(inv, host, values)
     files += [agent] if agent is not None else []
     changed = []
     for f in files:
@@ -137,10 +141,11 @@ def install(conn: Runner, inv: Inventory, host: Host, *, timer: bool, alert_cmd:
         _sh(conn, f"systemctl disable --now {TIMER_UNIT} >/dev/null 2>&1; rm -f {SERVICE_PATH} {TIMER_PATH}; "
                   "systemctl daemon-reload")  # fmt: skip
         changed.append(f"removed {TIMER_UNIT}")
+    save_overlay(inv.dir, host.name, values)
     return CronResult(host.name, True, changed)
 
 
-def remove(conn: Runner, host: Host) -> CronResult:
+def remove(conn: Runner, inv: Inventory, host: Host) -> CronResult:
     """Stop the scheduled checks: cron entry, timer and agent go; health.json and state stay."""
     facts = conn.run(facts_command([CRON_PATH, SERVICE_PATH, TIMER_PATH, AGENT_PATH], "/nonexistent"), hide=True,
                      warn=True, timeout=60)  # fmt: skip
@@ -154,4 +159,5 @@ def remove(conn: Runner, host: Host) -> CronResult:
         if path in sums:
             _sh(conn, f"rm -f {path}")
             changed.append(f"removed {path}")
+    save_overlay(inv.dir, host.name, {"health_cron": False})  # a later push does not bring them back
     return CronResult(host.name, True, changed)

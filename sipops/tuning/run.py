@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sipops.inventory import Host, Inventory, tuned_path
+from sipops.inventory import Host, Inventory, save_overlay
 from sipops.remote.apply import HostResult, PushOptions, push_host
 from sipops.remote.plan import plan_files
 from sipops.remote.runner import Runner
@@ -80,18 +78,7 @@ def tuned_host(host: Host, targets: list[Target]) -> Host:
 
 def save_tuned(inv: Inventory, host: Host, targets: list[Target], n: int) -> Path:
     """Keep the applied values beside the inventory, so a later `sipops push` renders them too."""
-    values = template_vars(targets, dict(host.vars.get("sysctl") or {}))
-    path = tuned_path(inv.dir, host.name)
-    header = (
-        f"# Written by `sipops tune-tcp {host.name} --max-connections {n}`: values for {n} concurrent TCP\n"
-        "# connections, computed from the host's facts. They sit above the inventory's own values, so\n"
-        "# `sipops push` keeps them; delete this file to return to the inventory's values.\n"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(header + yaml.safe_dump(values, sort_keys=True, default_flow_style=False))
-    tmp.replace(path)
-    return path
+    return save_overlay(inv.dir, host.name, template_vars(targets, dict(host.vars.get("sysctl") or {})))
 
 
 def tuned_files(rendered: HostRender, opensips_installed: bool) -> HostRender:

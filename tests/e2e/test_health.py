@@ -109,11 +109,14 @@ def host(lab: Lab) -> Iterator[tuple[Lab, str, str, Path]]:
     assert proc.returncode == 0, proc.stderr.decode()
     _sh(lab, name, f"rm -f {E2E_ALERTS} {CRON_ALERTS}; touch {LOG}")
     _start_uas(lab, name, address)
+    overlay = inventory.parent / "tuned" / f"{name}.yaml"  # where `cron install` keeps its choices
+    assert not overlay.exists()
     try:
         yield lab, name, address, inventory
     finally:
         _stop_uas(lab, name)
         _sh(lab, name, f"rm -rf {SIPP_DIR}")
+        overlay.unlink(missing_ok=True)  # the lab's inventory is shared with the other e2e tests
 
 
 def _sipops(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -158,6 +161,26 @@ def test_cron_install_ships_the_agent_and_the_entry(host: tuple[Lab, str, str, P
     assert config["alert_cmd"] == f"cat >> {CRON_ALERTS}" and config["checks"] == ["sip_options", "log_errors", "disk"]
     again = _sipops("cron", "install", name, "-i", inventory, "--alert-cmd", f"cat >> {CRON_ALERTS}")
     assert again.returncode == 0 and again.stdout.strip() == f"{name}: no change"
+
+
+def test_push_agrees_with_cron_install_and_never_brings_the_other_form_back(
+    host: tuple[Lab, str, str, Path],
+) -> None:
+    """After `cron install --timer`, the push engine's plan leaves health.json and the timer as they
+    are and does not create /etc/cron.d/sipops-health again (the checks would run twice)."""
+    lab, name, _, inventory = host
+    health = ("/etc/sipops/health.json", "/etc/systemd/system/sipops-health.timer", "/etc/cron.d/sipops-health")
+    try:
+        proc = _sipops("cron", "install", name, "-i", inventory, "--timer", "--alert-cmd", f"cat >> {CRON_ALERTS}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert _sh(lab, name, "test -e /etc/cron.d/sipops-health && echo yes || echo no").strip() == "no"
+        diff = _sipops("diff", name, "-i", inventory)
+        assert diff.returncode in (0, 1), diff.stdout + diff.stderr
+        changes = [line.split()[1] for line in diff.stdout.splitlines() if line.startswith(("  create ", "  change "))]
+        assert changes and not set(changes) & set(health), diff.stdout
+    finally:
+        back = _sipops("cron", "install", name, "-i", inventory, "--alert-cmd", f"cat >> {CRON_ALERTS}")
+        assert back.returncode == 0, back.stdout + back.stderr
 
 
 def test_sipp_answering_is_ok_and_remote_nagios_line_is_ok(host: tuple[Lab, str, str, Path]) -> None:
