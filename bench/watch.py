@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import select
 import shutil
 import socket
@@ -153,7 +152,6 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=500, help="client source addresses (at most 1000)")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("-v", action="store_true", help="CPU split per watcher (user, system, children)")
-    ap.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--connect", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -193,8 +191,6 @@ def main() -> int:
         run = "import sys; sys.path.insert(0, sys.argv.pop(1)); from sipops.cli import run; run()"
         service = ["watch", "--ban", "--journal", str(state / "bans.sqlite"), "--interval", "1", "--port", str(PORT)]
         service += ["--tcp-max-connections", str(max(4096, args.conns * 2))]
-        if "--debug" in sys.argv:
-            subprocess.run(in_ns(SRV_NS, sys.executable, os.environ.get("SIPOPS_BENCH_DEBUG", "")), check=False)
         sipops = measure(in_ns(SRV_NS, sys.executable, "-c", run, str(ROOT), *service), args.seconds)
         naive = measure(in_ns(SRV_NS, sys.executable, "-c", NAIVE), args.seconds)
     finally:
