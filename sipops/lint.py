@@ -4,11 +4,13 @@ Checks what `opensips -C` would reject, without an OpenSIPS install: every funct
 route belongs to the core or a loaded module (with a plausible number of arguments), every route
 that is called or armed (t_on_failure/t_on_branch/t_on_reply) exists, routes are defined once,
 every modparam names a loaded module and a parameter it has, sockets parse and their transport
-is loaded, braces balance. The export tables are sipops.opensips_exports.
+is loaded, braces balance. The export tables are sipops.opensips_exports (hand-written, for the
+modules our templates load) and, for every other module of OpenSIPS 3.4 and 3.6, the table
+generated from the OpenSIPS sources (sipops/data/opensips_exports.json), read on first lint.
 
-A module outside those tables (rtpengine, acc, drouting, a module of your own) is allowed: its
-modparams are not checked, and a function no known module exports is taken to be one of its own.
-What the lint cannot see, `opensips -C` on the host checks before the file goes live.
+A module in neither table (third-party, a module of your own) is allowed: its modparams are not
+checked, and a function no known module exports is taken to be one of its own. What the lint
+cannot see, `opensips -C` on the host checks before the file goes live.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ import contextlib
 import functools
 import hashlib
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sipops.errors import InputError
-from sipops.opensips_exports import CORE_FUNCTIONS, KEYWORDS, MODULES, Export
+from sipops.opensips_exports import CORE_FUNCTIONS, KEYWORDS, MODULES, Export, ModuleExports
 from sipops.paths import cache_dir
 
 if TYPE_CHECKING:
     from sipops.render import HostRender
 
 CFG_TEMPLATE = "opensips/opensips.cfg.j2"
+GENERATED_EXPORTS = Path(__file__).parent / "data" / "opensips_exports.json"
 
 ROUTE_KINDS = {
     "route",
@@ -117,6 +121,22 @@ def _string(tok: Token) -> str:
     return tok.text[1:-1] if tok.kind == "str" else tok.text
 
 
+@functools.cache
+def all_modules() -> dict[str, ModuleExports]:
+    """Every module the lint knows: the generated table, with the hand-written MODULES on top."""
+    data = json.loads(GENERATED_EXPORTS.read_text())
+    table: dict[str, ModuleExports] = {}
+    for name, mod in data["modules"].items():
+        functions: dict[str, Export] = {}
+        for fn, spec in mod["functions"].items():
+            functions[fn] = (
+                (int(spec[0]), int(spec[1]), str(spec[2])) if len(spec) > 2 else (int(spec[0]), int(spec[1]))
+            )
+        table[name] = ModuleExports(functions=functions, params={p: str(only) for p, only in mod["params"].items()})
+    table.update(MODULES)
+    return table
+
+
 def _visible(export: Export, version: str | None) -> bool:
     return len(export) < 3 or version is None or export[-1] == version
 
@@ -134,6 +154,7 @@ class _Linter:
         self.routes: dict[tuple[str, str], int] = {}
         self.calls: list[tuple[Token, int]] = []  # function token, argument count
         self.refs: list[tuple[str, str, int]] = []  # kind, name, line
+        self.table = all_modules()
 
     def error(self, line: int, message: str) -> None:
         self.errors.append(LintError(self.file, line, message))
@@ -141,7 +162,7 @@ class _Linter:
     @property
     def unknown_modules(self) -> list[str]:
         """Loaded modules sipops has no export table for: their functions and modparams go unchecked."""
-        return [m for m in self.modules if m not in MODULES]
+        return [m for m in self.modules if m not in self.table]
 
     def run(self) -> list[LintError]:
         balanced = self._braces_balanced()
@@ -272,7 +293,7 @@ class _Linter:
                 self.refs.append((ROUTE_ARMING[t.text], _string(args[0]), t.line))
 
     def _exports(self, module: str) -> dict[str, Export]:
-        return MODULES[module].functions if module in MODULES else {}
+        return self.table[module].functions if module in self.table else {}
 
     def _check_modparams(self) -> None:
         for tok, args in self.modparams:
@@ -282,8 +303,8 @@ class _Linter:
             module, param = _string(args[0]), _string(args[1])
             if module not in self.modules:
                 self.error(tok.line, f"modparam for module '{module}', which is not loaded")
-            elif module in MODULES:
-                only = MODULES[module].params.get(param)
+            elif module in self.table:
+                only = self.table[module].params.get(param)
                 if only is None:
                     self.error(tok.line, f"module '{module}' has no parameter '{param}'")
                 elif only and self.version and only != self.version:
@@ -302,7 +323,7 @@ class _Linter:
                         export, where = candidate, f"module {module}"
                         break
             if export is None:
-                owners = sorted(m for m, e in MODULES.items() if name in e.functions)
+                owners = sorted(m for m, e in self.table.items() if name in e.functions)
                 if owners:
                     self.error(tok.line, f"{name}() belongs to module {' or '.join(owners)}, which is not loaded")
                 elif not self.unknown_modules:
@@ -411,7 +432,7 @@ def _lint_fingerprint() -> bytes:
     from sipops import opensips_exports
 
     h = hashlib.sha256()
-    for mod in (__file__, opensips_exports.__file__):
+    for mod in (__file__, opensips_exports.__file__, GENERATED_EXPORTS):
         h.update(Path(mod).read_bytes())
     return h.digest()
 

@@ -3,8 +3,10 @@
 sipops' own table for the structural lint (sipops.lint), limited to the modules our templates and
 common production cfgs load. It was read from the cmd_export_t / param_export_t arrays of the
 3.4.18 and 3.6.8 sources (modules/*/ and net/proto_*/, core_cmds.c); only script-callable
-functions are listed. An entry valid in one release only carries that release ("3.6").
-Each function is (min args, max args[, only release]).
+functions are listed, async ones (acmd_export_t, called inside async()) included. An entry valid
+in one release only carries that release ("3.6"). Each function is (min args, max args[, only release]).
+Every other module's exports are generated from the same sources by tools/gen_opensips_exports.py
+into sipops/data/opensips_exports.json; for the modules below, this table wins.
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ MODULES: dict[str, ModuleExports] = {
     "registrar": ModuleExports(
         functions={
             "add_sock_hdr": (1, 1), "is_contact_registered": (1, 4), "is_ip_registered": (3, 4),
-            "is_registered": (1, 2), "lookup": (1, 3), "remove": (2, 6), "remove_ip_port": (3, 4), "save": (1, 4),
+            "is_registered": (1, 2), "lookup": (1, 3), "pn_process_purr": (1, 1), "remove": (2, 6),
+            "remove_ip_port": (3, 4), "save": (1, 4),
         },
         params=_params(
             "allow_dup_cseq", "attr_avp", "case_sensitive", "default_expires", "default_q", "disable_gruu",
