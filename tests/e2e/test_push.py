@@ -212,3 +212,30 @@ def test_the_ssh_agent_authenticates_when_the_inventory_names_no_key(site: Site,
     finally:
         agent.terminate()
         agent.wait(10)
+
+
+def test_a_non_root_ssh_user_pushes_through_sudo_and_without_sudo_rights_fails_clearly(site: Site) -> None:
+    """ssh.user other than root: every agent run goes through `sudo -n` (never a password prompt)."""
+    name = site.names[0]
+    pub = (site.lab.dir / "ssh" / "id_ed25519.pub").read_text().strip()
+    setup = (
+        "command -v sudo >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sudo >/dev/null 2>&1; "
+        "for u in deploy nosudo; do id $u >/dev/null 2>&1 || useradd -m -s /bin/sh $u; "
+        "mkdir -p /home/$u/.ssh && printf '%s\\n' \"$KEY\" > /home/$u/.ssh/authorized_keys && "
+        "chown -R $u:$u /home/$u/.ssh && chmod 700 /home/$u/.ssh && chmod 600 /home/$u/.ssh/authorized_keys; done; "
+        "echo 'deploy ALL=(root) NOPASSWD: ALL' > /etc/sudoers.d/deploy && chmod 0440 /etc/sudoers.d/deploy; "
+        "command -v sudo"
+    )
+    res = site.lab.exec(name, "env", f"KEY={pub}", "sh", "-c", setup, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ssh = {"key": str(site.lab.dir / "ssh" / "id_ed25519"), "known_hosts": str(site.known_hosts)}
+    inventory = site.dir / "sudo.yaml"
+    for user, code in (("deploy", 0), ("nosudo", 1)):
+        hosts = {name: {"address": site.lab.hosts[name], "ssh": {"user": user}}}
+        inventory.write_text(json.dumps({"defaults": {"ssh": ssh}, "hosts": hosts}))
+        out = subprocess.run([*SIPOPS, "push", name, "-i", str(inventory)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == code, out.stdout + out.stderr
+        if code:
+            assert "sudo" in out.stdout and "password" in out.stdout, out.stdout
+    owners = site.lab.exec(name, "stat", "-c", "%U", *FILES).stdout.split()
+    assert set(owners) == {"root"}, owners  # written by root through sudo, not by deploy
