@@ -32,7 +32,8 @@ BOOT = f"""import sys,os,marshal,types
 b=sys.stdin.buffer;h=b.readline().split();n=[int(x) for x in h[:3]];s=b.read(n[0])
 d='{CODE_CACHE}';p=d+'/agent-'+h[3].decode()+'-'+sys.implementation.cache_tag
 try:
- st=os.stat(p);assert st.st_uid==os.geteuid() and not st.st_mode&0o22
+ st=os.stat(p)
+ if st.st_uid!=os.geteuid() or st.st_mode&0o22:raise OSError
  c=marshal.loads(open(p,'rb').read())
 except Exception:
  c=compile(s,'sipops-agent','exec')
@@ -87,7 +88,10 @@ def call(
     out = runner.exec(f"python3 -S -c {_sq(BOOT)}", stdin, timeout)
     for line in out.stdout.decode(errors="replace").splitlines():
         if line.startswith(MARK):
-            reply = ast.literal_eval(line[len(MARK) :])
+            try:
+                reply = ast.literal_eval(line[len(MARK) :])
+            except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+                raise RemoteError(f"unreadable answer from the agent ({type(exc).__name__})") from exc
             if not isinstance(reply, dict):
                 break
             return reply
