@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,21 @@ class RenderedFile:
 
 
 @dataclass(frozen=True)
+class RetiredFile:
+    """A file the host must not have any more (its template's `when` is false): removed if present."""
+
+    dest: str
+    command: str  # run on the host before the removal ("" for none)
+    notify: tuple[str, ...]  # after the removal: the template's daemon-reload, if it notifies one
+    src: str
+
+
+@dataclass(frozen=True)
 class HostRender:
     host: Host
     files: list[RenderedFile]
     handlers: dict[str, str]  # name -> command, for the handlers any file may notify
+    retired: list[RetiredFile] = field(default_factory=list)
 
 
 def environment(inv: Inventory) -> jinja2.Environment:
@@ -195,12 +206,18 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
         for name, cmd in r.handlers.items():
             handlers[name] = _expr(env, cmd, ctx, f"{r.file} (handlers.{name})", host)
     files: dict[str, RenderedFile] = {}
+    retired: dict[str, RetiredFile] = {}
     for r in host.role_objs:
         for t in r.templates:
             where = f"{r.file}:{t.line}"
             if t.when is not None:
                 cond = _expr(env, "{{ (" + t.when + ") | string }}", ctx, where, host)
                 if cond != "True":
+                    if t.retire is not None:
+                        dest = _expr(env, t.dest, ctx, where, host)
+                        command = _expr(env, t.retire, ctx, where, host) if t.retire else ""
+                        reload = tuple(n for n in t.notify if "daemon-reload" in handlers.get(n, ""))
+                        retired[dest] = RetiredFile(dest, command, reload, t.src)
                     continue
             dest = _expr(env, t.dest, ctx, where, host)
             if not dest.startswith("/"):
@@ -219,7 +236,8 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
             owner = _expr(env, t.owner, ctx, where, host)
             group = _expr(env, t.group, ctx, where, host)
             files[dest] = RenderedFile(dest, text.encode(), t.mode, owner, group, validate, t.notify, t.src)
-    return HostRender(host, [files[d] for d in sorted(files)], handlers)
+    gone = [retired[d] for d in sorted(retired) if d not in files]  # another template may still render it
+    return HostRender(host, [files[d] for d in sorted(files)], handlers, gone)
 
 
 def write_tree(out_dir: Path, rendered: HostRender) -> list[Path]:

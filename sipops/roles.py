@@ -28,6 +28,9 @@ class TemplateSpec:
     validate: str | None = None  # command run on the host against the staged file; `{path}` is replaced
     notify: tuple[str, ...] = ()
     when: str | None = None  # Jinja expression; the file is managed only when it is true
+    # When `when` is false and the file is on the host, push removes it (backed up like any change),
+    # running this command on the host first ("" for none). Without it such a file is left alone.
+    retire: str | None = None
     line: int = 0
 
 
@@ -68,7 +71,7 @@ _ROLE_KEYS = [
     "templates",
     "handlers",
 ]
-_TEMPLATE_KEYS = ["src", "dest", "mode", "owner", "group", "validate", "notify", "when"]
+_TEMPLATE_KEYS = ["src", "dest", "mode", "owner", "group", "validate", "notify", "when", "retire"]
 _PORT_KEYS = ["proto", "port", "from", "comment"]
 
 
@@ -177,6 +180,11 @@ def _parse_template(doc: Located, i: int, raw: Any) -> TemplateSpec:
     notify = raw.get("notify", [])
     if isinstance(notify, str):
         notify = [notify]
+    retire = raw.get("retire")
+    if retire is not None and not isinstance(retire, str):
+        raise _fail(doc, (*path, "retire"), 'expected the command to run before removing the file ("" for none)')
+    if retire is not None and raw.get("when") is None:
+        raise _fail(doc, (*path, "retire"), "retire needs a 'when': the file is removed when it turns false")
     return TemplateSpec(
         src=raw["src"],
         dest=raw["dest"],
@@ -186,6 +194,7 @@ def _parse_template(doc: Located, i: int, raw: Any) -> TemplateSpec:
         validate=raw.get("validate"),
         notify=tuple(_str_list(doc, (*path, "notify"), notify)),
         when=raw.get("when"),
+        retire=retire,
         line=doc.line(path) or 0,
     )
 

@@ -231,3 +231,36 @@ def _wait_unlocked(lock: Path, timeout: float = 30) -> None:
             except BlockingIOError:
                 time.sleep(0.05)
     raise AssertionError("the lock was never released")
+
+
+def test_a_file_whose_when_turns_false_is_retired_its_command_run_first_and_rollback_brings_it_back(
+    site: Site, cli: Cli
+) -> None:
+    extra = site.root / "etc/sipops-test/extra.conf"
+    site.vars(extra=True)
+    assert cli(*site.args("push"))[0] == 0 and extra.exists()
+    (site.root / "handlers.log").unlink()
+    site.vars(extra=False)
+    code, out, _ = cli(*site.args("diff"))
+    assert "node1: 1 to remove, 4 unchanged; handlers: daemon-reload" in out, out
+    assert "  remove /etc/sipops-test/extra.conf (" in out and 'first: echo "retire extra"' in out
+    assert "+++ /dev/null" in out
+    code, out, _ = cli(*site.args("push"))
+    assert code == 0, out
+    assert not extra.exists()
+    assert site.handlers() == ["retire extra", "daemon-reload"]  # its own command first; no restart
+    assert "no changes" in cli(*site.args("push"))[1]  # absent as wanted: nothing more to do
+    code, out, _ = cli(*site.args("rollback"))
+    assert code == 0, out
+    assert extra.exists()
+
+
+def test_a_failing_retire_command_stops_the_push_and_the_file_stays(site: Site, cli: Cli) -> None:
+    extra = site.root / "etc/sipops-test/extra.conf"
+    site.vars(extra=True)
+    assert cli(*site.args("push"))[0] == 0
+    site.vars(extra=False, retire_fails=True)
+    code, out, _ = cli(*site.args("push"))
+    assert code == 1
+    assert "retire command failed (4)" in out and "cannot stop it" in out
+    assert extra.exists()

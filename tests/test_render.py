@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EXAMPLE, ROOT
 
 SMALL = """
@@ -134,6 +136,23 @@ def test_a_bad_role_file_is_one_line_with_its_own_file_and_line(cli, write_inven
     code, _, err = cli("render", "all", "-i", inv, "--list")
     assert code == 2
     assert "roles/proxy.yaml:3: templatez: unknown key 'templatez'; did you mean 'templates'?" in err
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("{src: motd.j2, dest: /etc/motd, when: 'true', retire: [x]}", "expected the command to run before removing"),
+        ("{src: motd.j2, dest: /etc/motd, retire: ''}", "retire needs a 'when'"),
+    ],
+)
+def test_a_bad_retire_is_one_line_naming_the_role_file_line_and_field(cli, write_inventory, tmp_path, entry, message):
+    inv = write_inventory(SMALL)
+    (tmp_path / "roles").mkdir()
+    packaged = (ROOT / "roles/proxy.yaml").read_text()
+    (tmp_path / "roles/proxy.yaml").write_text(packaged + f"\ntemplates:\n  - {entry}\n")
+    code, _, err = cli("render", "all", "-i", inv, "--list")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "roles/proxy.yaml:" in err and "retire" in err and message in err, err
 
 
 def test_version_help_and_completion(cli):

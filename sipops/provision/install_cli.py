@@ -33,7 +33,8 @@ def without_opensips(rendered: HostRender) -> HostRender:
         if f.dest.startswith(cfg_dir) or f.dest == "/etc/systemd/system/opensips.service":
             continue
         files.append(dataclasses.replace(f, notify=tuple(n for n in f.notify if n in handlers)))
-    return HostRender(rendered.host, files, handlers)
+    retired = [dataclasses.replace(r, notify=tuple(n for n in r.notify if n in handlers)) for r in rendered.retired]
+    return HostRender(rendered.host, files, handlers, retired)
 
 
 def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], opts: PushOptions) -> int:

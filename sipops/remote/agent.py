@@ -168,6 +168,9 @@ def facts(req: Json) -> Json:
         if st and f.get("content") and st.get("sha256") != f.get("want_sha256"):
             st = file_state(root + f["path"], content=True)
         files[f["path"]] = st
+        if f.get("retired"):  # wanted absent
+            same = same and st is None
+            continue
         want = f.get("want")
         same = (
             same
@@ -444,6 +447,16 @@ def run_apply(req: Json, staging: str) -> Json:
                 return out
     manifest = backup(req, changes, handlers)
     out["backup"] = stamp
+    for f in changes:  # a retired file's own last step (stop and disable its service) before it goes
+        if f.get("delete") and f.get("retire"):
+            rc, text = _sh(f["retire"], env, 120)
+            out.setdefault("retired", []).append({"path": f["path"], "rc": rc, "output": text[-2000:]})
+            if rc != 0:
+                out.update(
+                    ok=False, phase="retire", file=f["path"], error=f"retire command failed ({rc}): {f['retire']}"
+                )
+                out.update(output=text[-4000:], changed=[])
+                return out
     install(root, changes, staging, {f["path"]: _ids(f) for f in changes if not f.get("delete")})
     out["handlers"] = ran = run_handlers(handlers, env)
     failed = next((h for h in ran if h["rc"] != 0), None)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sipops.inventory import Inventory
 from sipops.remote.facts import gather, handler_units, sha256
-from sipops.remote.plan import HostPlan, plan_host
+from sipops.remote.plan import REMOVE, HostPlan, plan_host
 from sipops.remote.runner import RemoteError, Runner, call
 from sipops.render import HostRender, context
 
@@ -74,6 +74,9 @@ def apply_request(plan: HostPlan, gate: dict[str, Any], opts: PushOptions, stamp
     files, payload = [], bytearray()
     for c in plan.changes:
         f = c.file
+        if c.action == REMOVE:
+            files.append({"path": f.dest, "delete": True, "retire": c.retire or "", "notify": list(f.notify)})
+            continue
         files.append(
             {
                 "path": f.dest,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from sipops.remote.plan import CREATE, UNCHANGED, FileChange, HostPlan
+from sipops.remote.plan import CREATE, REMOVE, UNCHANGED, FileChange, HostPlan
 from sipops.secrets import mask_text
 
 RED, GREEN, CYAN, BOLD, YELLOW, RESET = "\033[31m", "\033[32m", "\033[36m", "\033[1m", "\033[33m", "\033[0m"
@@ -32,7 +32,8 @@ def file_diff(change: FileChange, host: str) -> list[str]:
     # Diffed raw, masked line by line: a changed password shows as a changed (masked) line.
     a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
     old = "/dev/null" if change.action == CREATE else f"{host}:{change.dest}"
-    lines = [mask_text(line.rstrip("\n")) for line in difflib.unified_diff(a, b, old, f"new:{change.dest}", n=3)]
+    new = "/dev/null" if change.action == REMOVE else f"new:{change.dest}"
+    lines = [mask_text(line.rstrip("\n")) for line in difflib.unified_diff(a, b, old, new, n=3)]
     return lines
 
 
@@ -42,7 +43,7 @@ def summary(plan: HostPlan) -> str:
         counts[c.action] = counts.get(c.action, 0) + 1
     parts = [
         f"{counts[a]} to {a}" if a != UNCHANGED else f"{counts[a]} unchanged"
-        for a in ("create", "change", UNCHANGED)
+        for a in ("create", "change", REMOVE, UNCHANGED)
         if counts.get(a)
     ]
     text = ", ".join(parts) or "no files"

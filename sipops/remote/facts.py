@@ -93,6 +93,7 @@ def facts_request(rendered: HostRender, *, content: bool, root: str = "") -> dic
         }
         for f in rendered.files
     ]
+    files += [{"path": r.dest, "retired": True, "content": content} for r in rendered.retired]
     units = sorted({u for cmd in rendered.handlers.values() for u in handler_units(cmd)})
     cmds = sorted({c for f in rendered.files if (c := validator_command(f))})
     return {

@@ -6,12 +6,13 @@ is sent: a validator or a service that does not exist there, an owner the host d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sipops.remote.facts import HostFacts, RemoteFile, handler_units, sha256, validator_command
-from sipops.render import HostRender, RenderedFile
+from sipops.render import HostRender, RenderedFile, RetiredFile
 
-CREATE, CHANGE, UNCHANGED = "create", "change", "unchanged"
+CREATE, CHANGE, UNCHANGED, REMOVE = "create", "change", "unchanged", "remove"
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class FileChange:
     content: bool = False  # the bytes differ
     mode: tuple[str, str] | None = None  # (live, wanted) when they differ
     owner: tuple[str, str] | None = None  # ("root:root", "root:opensips") when they differ
+    retire: str | None = None  # remove: the command the host runs first ("" for none)
 
     @property
     def dest(self) -> str:
@@ -29,6 +31,9 @@ class FileChange:
 
     def describe(self) -> str:
         parts = []
+        if self.action == REMOVE:
+            size = f"{self.before.size} bytes" if self.before else "absent"
+            return f"{size}; no longer rendered" + (f"; first: {self.retire}" if self.retire else "")
         if self.action == CREATE:
             parts.append(f"{len(self.file.content)} bytes")
         elif self.content:
@@ -81,12 +86,23 @@ def order_handlers(names: set[str], declared: dict[str, str]) -> list[str]:
 
 
 def plan_host(rendered: HostRender, facts: HostFacts) -> HostPlan:
-    return plan_files(rendered.host.name, rendered.files, rendered.handlers, facts)
+    return plan_files(rendered.host.name, rendered.files, rendered.handlers, facts, rendered.retired)
 
 
-def plan_files(host: str, files: list[RenderedFile], handlers: dict[str, str], facts: HostFacts) -> HostPlan:
+def plan_files(
+    host: str,
+    files: list[RenderedFile],
+    handlers: dict[str, str],
+    facts: HostFacts,
+    retired: Sequence[RetiredFile] = (),
+) -> HostPlan:
     """Compare each rendered file with the host's copy; collect handlers and blocking problems."""
     changes = [compare(f, facts.files.get(f.dest)) for f in files]
+    for r in retired:
+        before = facts.files.get(r.dest)
+        if before is not None and before.kind == "file":
+            gone = RenderedFile(r.dest, b"", before.mode, before.owner, before.group, None, r.notify, r.src)
+            changes.append(FileChange(gone, REMOVE, before, content=True, retire=r.command))
     problems: list[str] = []
     for c in changes:
         before = c.before

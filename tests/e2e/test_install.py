@@ -111,3 +111,26 @@ def test_an_unreachable_host_fails_alone(lab: Lab, installed: tuple[int, str], t
     assert code == 1
     # h3 goes on (its files change: the fleet it allowlists now has a ghost member)
     assert "ghost  FAILED  facts:" in out and f"\n{HOST}     changed" in out, out
+
+
+def test_turning_the_watcher_off_retires_its_service_and_turning_it_on_brings_it_back(
+    lab: Lab, installed: tuple[int, str], tmp_path
+) -> None:
+    """A file whose `when` turns false is removed by the push engine, its retire command run first
+    (the watcher stopped and disabled), then systemd reloaded; nothing else restarts."""
+    unit = "/etc/systemd/system/sipops-watch.service"
+    assert lab.exec(HOST, "systemctl", "is-active", "sipops-watch").stdout.strip() == "active"
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["hosts"][HOST].setdefault("vars", {})["watcher"] = False
+    off = tmp_path / "inventory.yaml"
+    off.write_text(yaml.safe_dump(data))
+    os.symlink(lab.inventory.parent / "ssh", tmp_path / "ssh")
+    code, out = sipops("install", HOST, "-i", str(off), "--skip", "opensips")
+    assert code == 0, out
+    assert f"removed {unit}" in out or unit in out, out
+    assert lab.exec(HOST, "test", "-e", unit).returncode == 1
+    assert lab.exec(HOST, "systemctl", "is-active", "sipops-watch").stdout.strip() in ("inactive", "unknown")
+    assert lab.exec(HOST, "systemctl", "is-enabled", "sipops-watch").returncode != 0
+    code, out = sipops("install", HOST, "-i", str(lab.inventory), "--skip", "opensips")
+    assert code == 0, out
+    assert lab.exec(HOST, "systemctl", "is-active", "sipops-watch").stdout.strip() == "active"
