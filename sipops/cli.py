@@ -49,7 +49,9 @@ def main(
 
 @app.command()
 def render(
-    targets: Annotated[list[str] | None, typer.Argument(help="Hosts, groups or 'all'", show_default=False)] = None,
+    targets: Annotated[
+        list[str] | None, typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)
+    ] = None,
     inventory: InventoryOpt = None,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Output directory")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="List the files per host; write nothing")] = False,
@@ -83,7 +85,7 @@ def render(
 
 @inventory_app.command("show")
 def inventory_show(
-    host: Annotated[str, typer.Argument(help="Host name")],
+    host: Annotated[str, typer.Argument(metavar="HOST", help="Host name")],
     inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
@@ -129,8 +131,8 @@ AcceptNewOpt = Annotated[
 
 @app.command()
 def service(
-    action: Annotated[str, typer.Argument(help="start | stop | restart | reload | status")],
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="start | stop | restart | reload | status")],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     forks: ForksOpt = 10,
     accept_new_host_key: AcceptNewOpt = False,
@@ -152,7 +154,7 @@ def service(
 
 @app.command()
 def logs(
-    host: Annotated[str, typer.Argument(help="Host name")],
+    host: Annotated[str, typer.Argument(metavar="HOST", help="Host name")],
     inventory: InventoryOpt = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops)")] = False,
     lines: Annotated[int, typer.Option("-n", "--lines", min=1, help="Lines to show")] = 50,
@@ -174,7 +176,9 @@ def logs(
 
 @app.command()
 def conns(
-    targets: Annotated[list[str] | None, typer.Argument(help="Hosts, groups or 'all' [default: this machine]")] = None,
+    targets: Annotated[
+        list[str] | None, typer.Argument(metavar="HOST...", help="Hosts, groups or 'all' [default: this machine]")
+    ] = None,
     inventory: InventoryOpt = None,
     port: Annotated[list[str] | None, typer.Option("--port", "-p", help="Local port (repeat, or a,b)")] = None,
     state: Annotated[list[str] | None, typer.Option("--state", "-s", help="TCP state: estab, syn-recv, …")] = None,
@@ -203,7 +207,9 @@ def conns(
 
 @app.command()
 def health(
-    targets: Annotated[list[str] | None, typer.Argument(help="Hosts, groups or 'all'", show_default=False)] = None,
+    targets: Annotated[
+        list[str] | None, typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)
+    ] = None,
     inventory: InventoryOpt = None,
     local: Annotated[bool, typer.Option("--local", help="Check this machine (what cron on the host runs)")] = False,
     fmt: Annotated[str, typer.Option("--format", help="text | json | nagios | prometheus")] = "text",
@@ -237,7 +243,7 @@ app.add_typer(cron_app, name="cron")
 
 @cron_app.command("install")
 def cron_install(
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     timer: Annotated[bool, typer.Option("--timer", help="A systemd timer instead of /etc/cron.d")] = False,
     alert_cmd: Annotated[str | None, typer.Option("--alert-cmd", help="Run when a check changes status")] = None,
@@ -257,7 +263,7 @@ def cron_install(
 
 @cron_app.command("remove")
 def cron_remove(
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     accept_new_host_key: AcceptNewOpt = False,
 ) -> None:
@@ -283,7 +289,7 @@ KeepOpt = Annotated[int, typer.Option("--keep", min=1, help="Backups kept per ho
 
 @app.command()
 def diff(
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 3 when changes are pending")] = False,
     color: Annotated[bool | None, typer.Option("--color/--no-color", help="Colour [default: on a terminal]")] = None,
@@ -306,7 +312,7 @@ def diff(
 
 @app.command()
 def push(
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     forks: ForksOpt = 10,
     serial: Annotated[int | None, typer.Option("--serial", min=1, help="N hosts at a time; stop on failure")] = None,
@@ -333,7 +339,7 @@ def push(
 
 @app.command()
 def install(
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     check: Annotated[bool, typer.Option("--check", help="Say what each phase would do; change nothing")] = False,
     skip: Annotated[
@@ -371,7 +377,7 @@ def install(
 
 @app.command()
 def rollback(
-    targets: Annotated[list[str], typer.Argument(help="Hosts, groups or 'all'", show_default=False)],
+    targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     to: Annotated[str | None, typer.Option("--to", help="Backup stamp [default: the latest]")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="List the backups on each host")] = False,

@@ -115,7 +115,9 @@ def status(directory: DirOption = None) -> None:
 
 @app.command()
 def restart(
-    name: Annotated[str, typer.Argument(help="Host to reboot (power off, boot again on the same layer).")],
+    name: Annotated[
+        str, typer.Argument(metavar="HOST", help="Host to reboot (power off, boot again on the same layer).")
+    ],
     directory: DirOption = None,
 ) -> None:
     """Reboot a lab host: what is enabled at boot comes back, what is not stays down."""
@@ -130,7 +132,9 @@ def restart(
 
 @app.command()
 def shell(
-    name: Annotated[str, typer.Argument(help="Host (root shell over SSH) or attacker (shell in its namespace).")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Host (root shell over SSH) or attacker (shell in its namespace).")
+    ],
     directory: DirOption = None,
 ) -> None:
     """Open an interactive root shell on a lab host or attacker."""
@@ -147,8 +151,10 @@ def shell(
 
 @app.command(name="exec")
 def exec_(
-    name: Annotated[str, typer.Argument(help="Attacker (runs in its namespace) or host (runs over SSH).")],
-    command: Annotated[list[str], typer.Argument(help="Command and arguments, after `--`.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Attacker (runs in its namespace) or host (runs over SSH).")
+    ],
+    command: Annotated[list[str], typer.Argument(metavar="COMMAND...", help="Command and arguments, after `--`.")],
     directory: DirOption = None,
 ) -> None:
     """Run a command in an attacker's namespace or on a host; exits with the command's exit code."""

@@ -70,7 +70,7 @@ def _allowlist(allow: list[str] | None) -> Any:
 
 
 def ban_command(
-    addresses: Annotated[list[str], typer.Argument(help="IP addresses or CIDRs")],
+    addresses: Annotated[list[str], typer.Argument(metavar="ADDR...", help="IP addresses or CIDRs")],
     duration: Annotated[str, typer.Option("--for", help="Ban duration: 90s, 10m, 1h, 2d")] = "1h",
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the journal and the log)")] = "manual",
     force: Annotated[bool, typer.Option("--force", help="Ban even an allowlisted address")] = False,
@@ -119,7 +119,7 @@ def ban_command(
 
 
 def unban_command(
-    addresses: Annotated[list[str], typer.Argument(help="IP addresses or CIDRs")],
+    addresses: Annotated[list[str], typer.Argument(metavar="ADDR...", help="IP addresses or CIDRs")],
     journal: JournalOpt = None,
     backend: BackendOpt = "auto",
 ) -> None:

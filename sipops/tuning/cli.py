@@ -124,7 +124,9 @@ def tune_tcp(
 
 
 def tune_tcp_command(
-    targets: Annotated[list[str] | None, typer.Argument(help="Hosts, groups or 'all'", show_default=False)] = None,
+    targets: Annotated[
+        list[str] | None, typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)
+    ] = None,
     inventory: Annotated[
         str | None,
         typer.Option("-i", "--inventory", help="Inventory file [default: $SIPOPS_INVENTORY, else ./inventory.yaml]"),
