@@ -134,3 +134,27 @@ def test_turning_the_watcher_off_retires_its_service_and_turning_it_on_brings_it
     code, out = sipops("install", HOST, "-i", str(lab.inventory), "--skip", "opensips")
     assert code == 0, out
     assert lab.exec(HOST, "systemctl", "is-active", "sipops-watch").stdout.strip() == "active"
+
+
+def test_turning_the_firewall_off_takes_our_table_out_and_on_again_puts_it_back(
+    lab: Lab, installed: tuple[int, str], tmp_path
+) -> None:
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["hosts"][HOST].setdefault("vars", {})["firewall"] = False
+    off = tmp_path / "inventory.yaml"
+    off.write_text(yaml.safe_dump(data))
+    os.symlink(lab.inventory.parent / "ssh", tmp_path / "ssh")
+    code, out = sipops("install", HOST, "-i", str(off), "--skip", "opensips")
+    assert code == 0, out
+    # the firewall's input chain (policy drop) is gone; the restarted watcher keeps only its own guard
+    table = lab.exec(HOST, "nft", "list", "table", "inet", "sipops")
+    assert "policy drop" not in table.stdout, table.stdout
+    assert lab.exec(HOST, "nft", "list", "chain", "inet", "sipops", "input").returncode != 0
+    for gone in ("/etc/sipops/firewall.nft", "/etc/systemd/system/sipops-firewall.service"):
+        assert lab.exec(HOST, "test", "-e", gone).returncode == 1, gone
+    assert lab.exec(HOST, "systemctl", "is-active", "sipops-watch").stdout.strip() == "active"  # restarted
+    code, out = sipops("install", HOST, "-i", str(lab.inventory), "--skip", "opensips")
+    assert code == 0, out
+    res = lab.exec(HOST, "nft", "list", "chain", "inet", "sipops", "input")
+    assert res.returncode == 0 and "policy drop" in res.stdout
+    assert lab.exec(HOST, "systemctl", "is-enabled", "sipops-firewall").stdout.strip() == "enabled"
