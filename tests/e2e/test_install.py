@@ -113,6 +113,16 @@ def test_an_unreachable_host_fails_alone(lab: Lab, installed: tuple[int, str], t
     assert "ghost  FAILED  facts:" in out and f"\n{HOST}     changed" in out, out
 
 
+def _inventory_with(lab: Lab, tmp_path, **values: object):
+    """A copy of the lab's inventory with HOST's variables changed (its ssh folder linked beside it)."""
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["hosts"][HOST].setdefault("vars", {}).update(values)
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data))
+    os.symlink(lab.inventory.parent / "ssh", tmp_path / "ssh")
+    return path
+
+
 def test_turning_the_watcher_off_retires_its_service_and_turning_it_on_brings_it_back(
     lab: Lab, installed: tuple[int, str], tmp_path
 ) -> None:
@@ -120,11 +130,7 @@ def test_turning_the_watcher_off_retires_its_service_and_turning_it_on_brings_it
     (the watcher stopped and disabled), then systemd reloaded; nothing else restarts."""
     unit = "/etc/systemd/system/sipops-watch.service"
     assert lab.exec(HOST, "systemctl", "is-active", "sipops-watch").stdout.strip() == "active"
-    data = yaml.safe_load(lab.inventory.read_text())
-    data["hosts"][HOST].setdefault("vars", {})["watcher"] = False
-    off = tmp_path / "inventory.yaml"
-    off.write_text(yaml.safe_dump(data))
-    os.symlink(lab.inventory.parent / "ssh", tmp_path / "ssh")
+    off = _inventory_with(lab, tmp_path, watcher=False)
     code, out = sipops("install", HOST, "-i", str(off), "--skip", "opensips")
     assert code == 0, out
     assert f"removed {unit}" in out or unit in out, out
@@ -139,11 +145,7 @@ def test_turning_the_watcher_off_retires_its_service_and_turning_it_on_brings_it
 def test_turning_the_firewall_off_takes_our_table_out_and_on_again_puts_it_back(
     lab: Lab, installed: tuple[int, str], tmp_path
 ) -> None:
-    data = yaml.safe_load(lab.inventory.read_text())
-    data["hosts"][HOST].setdefault("vars", {})["firewall"] = False
-    off = tmp_path / "inventory.yaml"
-    off.write_text(yaml.safe_dump(data))
-    os.symlink(lab.inventory.parent / "ssh", tmp_path / "ssh")
+    off = _inventory_with(lab, tmp_path, firewall=False)
     code, out = sipops("install", HOST, "-i", str(off), "--skip", "opensips")
     assert code == 0, out
     # the firewall's input chain (policy drop) is gone; the restarted watcher keeps only its own guard
