@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -120,7 +121,9 @@ def host(lab: Lab) -> Iterator[tuple[Lab, str, str, Path]]:
 
 
 def _sipops(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sipops", *map(str, args)], capture_output=True, text=True, timeout=180, check=False)
+    # this interpreter's sipops (the checkout under test), not whatever `sipops` PATH finds
+    argv = [sys.executable, "-c", "from sipops.cli import run; run()", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
 
 
 def _check(lab: Lab, name: str) -> dict[str, Any]:
