@@ -32,6 +32,7 @@ class OptionsResult:
     reason: str = ""
     rtt: float | None = None  # seconds from the first send to the final response
     error: str = ""
+    refused: bool = False  # nothing listens there: TCP RST or ICMP port unreachable, at once
 
     @property
     def target(self) -> str:
@@ -156,7 +157,8 @@ def options_ping(proto: str, address: str, port: int, timeout: float = 2.0) -> O
             return _ping_udp(family, address, port, timeout)
         return _ping_tcp(family, address, port, timeout)
     except OSError as exc:
-        return OptionsResult(proto, address, port, False, error=exc.strerror or str(exc))
+        refused = isinstance(exc, ConnectionRefusedError)
+        return OptionsResult(proto, address, port, False, error=exc.strerror or str(exc), refused=refused)
 
 
 def _ping_udp(family: socket.AddressFamily, address: str, port: int, timeout: float) -> OptionsResult:
@@ -183,7 +185,7 @@ def _ping_udp(family: socket.AddressFamily, address: str, port: int, timeout: fl
             except (TimeoutError, socket.timeout):  # noqa: UP041 (distinct before Python 3.10)
                 continue
             except ConnectionRefusedError:
-                return OptionsResult("udp", address, port, False, error="port unreachable (ICMP)")
+                return OptionsResult("udp", address, port, False, error="port unreachable (ICMP)", refused=True)
             resp = parse_response(data)
             if resp is None or resp.code < 200 or not matches(resp, branch, call_id):
                 continue  # provisional, stray or not ours: keep waiting

@@ -104,6 +104,9 @@ def test_udp_options_to_a_closed_port_is_dead() -> None:
     port = _free_port(socket.SOCK_DGRAM)
     result = options_ping("udp", "127.0.0.1", port, timeout=1)
     assert not result.alive and result.error
+    assert result.refused  # ICMP port unreachable: nothing listens (the push gate's "listening" check)
+    tcp = options_ping("tcp", "127.0.0.1", _free_port(socket.SOCK_STREAM), timeout=1)
+    assert not tcp.alive and tcp.refused
 
 
 Replier = Callable[[bytes], bytes]
@@ -167,6 +170,7 @@ def test_udp_silence_is_a_timeout() -> None:
     started = time.monotonic()
     result = options_ping("udp", "127.0.0.1", port, timeout=1)
     assert not result.alive and "no answer in 1 s" in result.error
+    assert not result.refused  # bound and silent: listening, not answering
     assert time.monotonic() - started < 2
 
 

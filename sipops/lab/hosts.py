@@ -98,12 +98,20 @@ def start(state: LabState, member: Member) -> None:
             start_new_session=True,
             preexec_fn=lambda: _enter_cgroups(cgroups),
         )
-    member.pid = proc.pid
-    try:
-        member.pid_started = psutil.Process(proc.pid).create_time()
-    except psutil.NoSuchProcess:
-        member.pid_started = None
+    member.pid, member.pid_started = proc.pid, _started(proc.pid)
     state.save()
+
+
+def _started(pid: int) -> float | None:
+    """When `pid` started (psutil's create_time), kept with the pid so a reused pid is never ours."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _same_process(proc: psutil.Process, started: float | None) -> bool:
+    return started is None or abs(proc.create_time() - started) <= 0.05
 
 
 def _process(member: Member) -> psutil.Process | None:
@@ -112,7 +120,7 @@ def _process(member: Member) -> psutil.Process | None:
         return None
     try:
         proc = psutil.Process(member.pid)
-        if member.pid_started is not None and abs(proc.create_time() - member.pid_started) > 0.05:
+        if not _same_process(proc, member.pid_started):
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             _reap(member.pid)
@@ -234,11 +242,7 @@ def start_apt_proxy(state: LabState, mirror_hosts: list[str]) -> None:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    state.apt_proxy_pid = proc.pid
-    try:
-        state.apt_proxy_started = psutil.Process(proc.pid).create_time()
-    except psutil.NoSuchProcess:
-        state.apt_proxy_started = None
+    state.apt_proxy_pid, state.apt_proxy_started = proc.pid, _started(proc.pid)
     state.save()
 
 
@@ -248,8 +252,7 @@ def stop_apt_proxy(state: LabState) -> None:
         return
     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
         proc = psutil.Process(state.apt_proxy_pid)
-        same = state.apt_proxy_started is None or abs(proc.create_time() - state.apt_proxy_started) <= 0.05
-        if same and "sipops.lab.aptproxy" in " ".join(proc.cmdline()):
+        if _same_process(proc, state.apt_proxy_started) and "sipops.lab.aptproxy" in " ".join(proc.cmdline()):
             proc.terminate()
             try:
                 proc.wait(5)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import secrets
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sipops.sip
 from sipops.inventory import Host, Inventory, Origin
+from sipops.paths import cache_dir
 from sipops.provision import agent, plan
 from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
 from sipops.provision.runner import InstallFacts, ShellRunner, gather, run_steps
 from sipops.provision.steps import PhasePlan, Step, StepResult, q
-
-WHEEL_CACHE = Path("~/.cache/sipops/wheelhouse").expanduser()
 
 
 @dataclass
@@ -177,7 +177,8 @@ def install_host(
             continue
         if name == "sipops agent":
             try:
-                tar, stamp = agent.build_wheelhouse(WHEEL_CACHE, facts.python or "3", facts.arch)
+                cache = cache_dir("wheelhouse") or Path(tempfile.mkdtemp(prefix="sipops-wheelhouse-"))
+                tar, stamp = agent.build_wheelhouse(cache, facts.python or "3", facts.arch)
             except agent.WheelhouseError as exc:
                 if not record(PhaseReport(name, error=str(exc))):
                     return report

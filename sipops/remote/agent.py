@@ -602,9 +602,9 @@ def health_gate(gate: Json, handlers: list[Json], timeout: float) -> list[Json]:
             for s in gate.get("sockets", []):
                 where = f"{s['proto']}:{s['address']}:{s['port']}"
                 r = options_ping(s["proto"], s["address"], int(s["port"]), timeout=1.0)
-                refused = not r.alive and ("refused" in r.error.lower() or "unreachable" in r.error)
-                checks.append({"what": f"{where} listening", "ok": not refused, "detail": r.error if refused else ""})
-                if not refused:
+                detail = r.error if r.refused else ""
+                checks.append({"what": f"{where} listening", "ok": not r.refused, "detail": detail})
+                if not r.refused:
                     checks.append({"what": f"SIP OPTIONS {where}", "ok": r.alive, "detail": r.describe()})
         elif sip:
             checks += [
