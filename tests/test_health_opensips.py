@@ -27,12 +27,9 @@ from sipops.health.model import Status
 from sipops.health.remote import host_config
 from sipops.inventory import load_inventory
 from sipops.render import render_host
+from tests import opensips_builds
 
-PREFIX = os.environ.get("SIPOPS_OPENSIPS_PREFIX")
-pytestmark = [
-    pytest.mark.needs_opensips,
-    pytest.mark.skipif(not PREFIX, reason="SIPOPS_OPENSIPS_PREFIX is not set (e.g. /opt/opensips-3.6)"),
-]
+pytestmark = [pytest.mark.needs_opensips]
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 
@@ -50,22 +47,16 @@ def _free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def _version() -> str:
-    out = subprocess.run([f"{PREFIX}/sbin/opensips", "-V"], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"opensips (\d+\.\d+)\.", out)
-    assert m, out
-    return m.group(1)
 
-
-def test_every_check_is_ok_against_a_real_opensips_with_values_from_mi(tmp_path: Path) -> None:
+def test_every_check_is_ok_against_a_real_opensips_with_values_from_mi(tmp_path: Path, opensips_prefix: Path) -> None:
     sip_port, mi_port = _free_port(), _free_port()
     log = tmp_path / "opensips.log"
     log.write_text("")
     inventory = tmp_path / "inventory.yaml"
     host_vars = {
-        "opensips_version": _version(),
+        "opensips_version": opensips_builds.line(opensips_prefix),
         "opensips_install": "existing",
-        "opensips_prefix": PREFIX,
+        "opensips_prefix": str(opensips_prefix),
         "sip_listen": "127.0.0.1",
         "sip_port": sip_port,
         "mi_http_port": mi_port,
@@ -91,7 +82,7 @@ def test_every_check_is_ok_against_a_real_opensips_with_values_from_mi(tmp_path:
     config = replace(config, pid_file=str(pid_file), open_files_limit=nofile)
 
     proc = subprocess.Popen(
-        [f"{PREFIX}/sbin/opensips", "-F", "-f", str(cfg_file), "-m", "64", "-M", "8"],
+        [f"{opensips_prefix}/sbin/opensips", "-F", "-f", str(cfg_file), "-m", "64", "-M", "8"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -9,7 +9,6 @@ sqlite file) are created in a temp dir; sockets listen on loopback.
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import socket
@@ -21,41 +20,22 @@ from typing import Any
 
 import pytest
 
+from tests import opensips_builds
 from tests.roles_cfg_helpers import COMBINATIONS, cfg_of, combo_name, render_all, write_combo_inventory
 
-PREFIX = os.environ.get("SIPOPS_OPENSIPS_PREFIX")
-
-pytestmark = [
-    pytest.mark.needs_opensips,
-    pytest.mark.skipif(
-        not PREFIX, reason="SIPOPS_OPENSIPS_PREFIX is not set (point it at an OpenSIPS 3.4/3.6 install prefix)"
-    ),
-]
+pytestmark = [pytest.mark.needs_opensips]
 
 
-def _binary() -> Path:
-    assert PREFIX
-    binary = Path(PREFIX) / "sbin/opensips"
-    if not binary.is_file():
-        pytest.fail(f"SIPOPS_OPENSIPS_PREFIX={PREFIX} has no sbin/opensips")
-    return binary
+def _binary(prefix: Path) -> Path:
+    return prefix / "sbin/opensips"
 
 
-def _version() -> str:
-    out = subprocess.run([str(_binary()), "-V"], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"opensips (\d+\.\d+)\.", out)
-    assert m, out
-    if m.group(1) not in ("3.4", "3.6"):
-        pytest.skip(f"OpenSIPS {m.group(1)} is not a release sipops renders for")
-    return m.group(1)
-
-
-def _render(tmp_path: Path, **per_role: Any) -> dict[str, Any]:
+def _render(tmp_path: Path, prefix: Path, **per_role: Any) -> dict[str, Any]:
     (tmp_path / "dbtext").mkdir(exist_ok=True)
     common = {
-        "opensips_version": _version(),
+        "opensips_version": opensips_builds.line(prefix),
         "opensips_install": "existing",
-        "opensips_prefix": PREFIX,
+        "opensips_prefix": str(prefix),
         "sip_listen": "127.0.0.1",
         "db_url": f"sqlite://{tmp_path}/opensips.sqlite",
         "lb_dbtext_dir": str(tmp_path / "dbtext"),
@@ -65,14 +45,15 @@ def _render(tmp_path: Path, **per_role: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("roles", COMBINATIONS, ids=combo_name)
-def test_opensips_accepts_the_cfg_of_every_role_combination(tmp_path, roles):
-    rendered = _render(tmp_path, proxy={"advertised_address": "192.0.2.99"})[combo_name(roles)]
+def test_opensips_accepts_the_cfg_of_every_role_combination(tmp_path, roles, opensips_prefix):
+    rendered = _render(tmp_path, opensips_prefix, proxy={"advertised_address": "192.0.2.99"})[combo_name(roles)]
     cfg = tmp_path / "opensips.cfg"
     cfg.write_text(cfg_of(rendered))
     for f in rendered.files:  # the db_text tables, where the cfg says they are
         if "/dbtext/" in f.dest:
             Path(f.dest).write_bytes(f.content)
-    result = subprocess.run([str(_binary()), "-C", "-f", str(cfg)], capture_output=True, text=True, timeout=60)
+    argv = [str(_binary(opensips_prefix)), "-C", "-f", str(cfg)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "config file ok" in output, output
@@ -95,11 +76,11 @@ def _mi(port: int, method: str) -> Any:
 
 
 @pytest.mark.parametrize("engine", ["dispatcher", "load_balancer"])
-def test_the_rendered_gateway_tables_load_into_a_running_opensips(tmp_path, engine):
+def test_the_rendered_gateway_tables_load_into_a_running_opensips(tmp_path, engine, opensips_prefix):
     mi_port, sip_port = _free_port(), _free_port()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = 65536 if hard == resource.RLIM_INFINITY else max(1024, min(65536, hard))
-    rendered = _render(tmp_path, loadbalancer={"lb_engine": engine})["loa"]
+    rendered = _render(tmp_path, opensips_prefix, loadbalancer={"lb_engine": engine})["loa"]
     # Only what this sandbox needs: our own ports and FIFO, and no more files than we may open.
     text = cfg_of(rendered).replace('"port", 8888', f'"port", {mi_port}').replace(":5060", f":{sip_port}")
     text = text.replace("/run/opensips/opensips_fifo", str(tmp_path / "fifo"))
@@ -110,7 +91,7 @@ def test_the_rendered_gateway_tables_load_into_a_running_opensips(tmp_path, engi
         if "/dbtext/" in f.dest:
             Path(f.dest).write_bytes(f.content)
     proc = subprocess.Popen(
-        [str(_binary()), "-F", "-f", str(cfg), "-m", "64", "-M", "8"],
+        [str(_binary(opensips_prefix)), "-F", "-f", str(cfg), "-m", "64", "-M", "8"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -59,6 +59,8 @@ def inventory_data(state: LabState) -> dict[str, Any]:
     }
     if state.opensips_prefix:
         defaults["vars"].update(opensips_install="existing", opensips_prefix=state.opensips_prefix)
+        if state.opensips_version:
+            defaults["vars"]["opensips_version"] = state.opensips_version
     return {
         "defaults": defaults,
         "hosts": {m.name: _host_entry(i, hosts) for i, m in enumerate(hosts, 1)},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -78,9 +79,25 @@ def _check_options(opts: UpOptions) -> Naming:
     return Naming(opts.prefix, opts.network)
 
 
+def opensips_line(prefix: Path) -> str:
+    """The LTS line (3.4, 3.6) of the OpenSIPS build at prefix, from `opensips -V`; InputError otherwise."""
+    binary = prefix / "sbin" / "opensips"
+    try:
+        out = subprocess.run([str(binary), "-V"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except OSError as exc:
+        raise InputError(f"cannot run {binary}: {exc.strerror}", field="--opensips-prefix") from None
+    m = re.search(r"opensips (\d+\.\d+)\.", out)
+    if m is None or m.group(1) not in ("3.4", "3.6"):
+        found = m.group(1) if m else "no version"
+        raise InputError(f"{binary} is OpenSIPS {found}; sipops runs 3.4 and 3.6", field="--opensips-prefix")
+    return m.group(1)
+
+
 def _plan(directory: Path, opts: UpOptions, naming: Naming) -> LabState:
     state = LabState(dir=directory, prefix=opts.prefix, network=str(opts.network), release=opts.release)
-    state.opensips_prefix = str(opts.opensips_prefix) if opts.opensips_prefix else None
+    if opts.opensips_prefix:
+        state.opensips_prefix = str(opts.opensips_prefix)
+        state.opensips_version = opensips_line(opts.opensips_prefix)
     for i in range(1, opts.hosts + 1):
         name = naming.host_name(i)
         address = str(naming.host_address(i))

@@ -104,6 +104,7 @@ class LabState:
     release: str = "bookworm"
     base: str = ""
     opensips_prefix: str | None = None
+    opensips_version: str | None = None  # its LTS line (3.4, 3.6), from `opensips -V`
     route_added: bool = False  # the unreachable guard route was added by us (else it was there)
     bridge_created: bool = False
     apt_proxy_pid: int | None = None  # sipops.lab.aptproxy on the bridge address

@@ -7,7 +7,6 @@ hosts stay free of OpenSIPS on 5060.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -25,12 +24,7 @@ from sipops.lab.state import LabState
 
 from .conftest import lab_skip_reason
 
-PREFIX = os.environ.get("SIPOPS_OPENSIPS_PREFIX")
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.needs_opensips,
-    pytest.mark.skipif(not PREFIX, reason="SIPOPS_OPENSIPS_PREFIX is not set (point it at an OpenSIPS install)"),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.needs_opensips]
 NETWORK = IPv4Network("198.18.224.0/20")  # neither the session lab's nor the scratch lab's range
 
 REGISTER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -71,13 +65,12 @@ class OpensipsLab:
 
 
 @pytest.fixture(scope="module")
-def olab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpensipsLab]:
+def olab(tmp_path_factory: pytest.TempPathFactory, opensips_prefix: Path) -> Iterator[OpensipsLab]:
     reason = lab_skip_reason()
     if reason:
         pytest.skip(reason)
-    assert PREFIX and Path(PREFIX, "sbin/opensips").is_file(), f"no sbin/opensips under {PREFIX}"
     directory = tmp_path_factory.mktemp("oslab")
-    opts = UpOptions(hosts=1, attackers=1, prefix="sipn", network=NETWORK, opensips_prefix=Path(PREFIX))
+    opts = UpOptions(hosts=1, attackers=1, prefix="sipn", network=NETWORK, opensips_prefix=opensips_prefix)
     up(directory, opts, log=lambda _: None)
     # Registrations written back to sqlite: the database phase creates the tables from the install's schema.
     inventory = directory / "inventory.yaml"

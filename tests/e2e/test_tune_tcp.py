@@ -8,7 +8,6 @@ after `sipops tune-tcp HOST --max-connections M` all M are held.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -123,7 +122,6 @@ def test_a_second_run_pushes_nothing(tuned: Run) -> None:
 
 # ---- needs_opensips: the same against OpenSIPS's own TCP socket ----------------------------------
 
-OPENSIPS_PREFIX = os.environ.get("SIPOPS_OPENSIPS_PREFIX")
 OS_M = 1500
 EXTRA = 50  # connections past tcp_max_connections
 
@@ -137,11 +135,9 @@ class OpenSIPSRun:
 
 
 @pytest.fixture(scope="module")
-def opensips_tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSIPSRun]:
+def opensips_tuned(tmp_path_factory: pytest.TempPathFactory, opensips_prefix: Path) -> Iterator[OpenSIPSRun]:
     """A one-host lab with the local OpenSIPS build copied in, running sipops' config with the
     distribution-sized limits (1024 descriptors and connections), then tune-tcp for OS_M."""
-    if not OPENSIPS_PREFIX:
-        pytest.skip("SIPOPS_OPENSIPS_PREFIX is not set (e.g. /opt/opensips-3.6)")
     from sipops.lab.access import exec_argv
     from sipops.lab.lifecycle import UpOptions, down, up
 
@@ -151,7 +147,7 @@ def opensips_tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSIP
         attackers=2,
         prefix="sipn",
         network=IPv4Network("198.18.224.0/20"),
-        opensips_prefix=Path(OPENSIPS_PREFIX),
+        opensips_prefix=opensips_prefix,
     )
     result = up(directory, opts, log=lambda _: None)
     state = result.state
@@ -176,7 +172,7 @@ def opensips_tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSIP
         # what `sipops install`'s user and directories phases do
         dirs = (
             "install -d -o opensips -g opensips /var/lib/opensips"
-            f" && chgrp opensips {OPENSIPS_PREFIX}/etc/opensips && chmod 0750 {OPENSIPS_PREFIX}/etc/opensips"
+            f" && chgrp opensips {opensips_prefix}/etc/opensips && chmod 0750 {opensips_prefix}/etc/opensips"
         )
         prep = run(host.name, "sh", "-c", f"{deps} && {user} && {dirs}", timeout=300)
         assert prep.returncode == 0, prep.stderr
