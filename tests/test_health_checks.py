@@ -190,6 +190,30 @@ def test_load_balancer_destination_disabled_is_warning() -> None:
     assert r.status == Status.WARNING and "sip:10.0.0.2" in r.message
 
 
+def test_running_sets_that_differ_from_the_inventory_are_a_warning_naming_the_entries() -> None:
+    lb = {"Destinations": [{"uri": "sip:10.0.0.1:5060", "group": 1, "enabled": "yes"},
+                           {"uri": "sip:10.0.0.9:5060", "group": 1, "enabled": "yes"}]}  # fmt: skip
+    expected = (("group 1", "sip:10.0.0.1:5060"), ("group 1", "sip:10.0.0.2:5060"))
+    cfg = replace(CFG, gateway_engine="load_balancer", gateways=expected)
+    r = checks_mi.check_gateways(cfg, _mi(lb_list=lb), {})
+    assert r.status == Status.WARNING, r.message
+    assert "-group 1 sip:10.0.0.2:5060" in r.message and "+group 1 sip:10.0.0.9:5060" in r.message
+    assert {m.name: m.value for m in r.metrics}["gateways_drift"] == 2
+
+
+def test_running_sets_equal_to_the_inventory_are_ok() -> None:
+    lb = {"Destinations": [{"uri": "sip:10.0.0.1:5060", "group": 1, "enabled": "yes"}]}
+    cfg = replace(CFG, gateway_engine="load_balancer", gateways=(("group 1", "sip:10.0.0.1:5060"),))
+    r = checks_mi.check_gateways(cfg, _mi(lb_list=lb), {})
+    assert r.status == Status.OK and {m.name: m.value for m in r.metrics}["gateways_drift"] == 0
+
+
+def test_drift_is_added_to_a_critical_set_down() -> None:
+    cfg = replace(CFG, gateway_engine="dispatcher", gateways=())
+    r = checks_mi.check_gateways(cfg, _mi(ds_list=DS_LIST), {})
+    assert r.status == Status.CRITICAL and "differs from the inventory" in r.message
+
+
 def test_gateway_module_not_loaded_is_unknown() -> None:
     cfg = replace(CFG, gateway_engine="dispatcher")
     src = _mi(ds_list=MIError("ds_list: Method not found", -32601))

@@ -109,6 +109,20 @@ def test_the_rendered_gateway_tables_load_into_a_running_opensips(tmp_path, engi
         for address in ("192.0.2.21:5080", "192.0.2.22:5080", "192.0.2.40:5060"):
             assert f"sip:{address}" in text, text
         assert _mi(mi_port, "ds_reload" if engine == "dispatcher" else "lb_reload") == "OK"
+
+        # A gateway's address changed, same number of rows: the role's handler makes it take effect.
+        handler = rendered.handlers["reload gateways"].replace("127.0.0.1:8888", f"127.0.0.1:{mi_port}")
+        table = next(f for f in rendered.files if f.dest.endswith(f"/dbtext/{engine}"))
+        Path(table.dest).write_bytes(table.content.replace(b"192.0.2.22", b"192.0.2.23"))
+        ran = subprocess.run(["sh", "-c", handler], capture_output=True, text=True, timeout=30)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        text = json.dumps(_mi(mi_port, "ds_list" if engine == "dispatcher" else "lb_list"))
+        assert "sip:192.0.2.23:5080" in text and "192.0.2.22" not in text, text
+
+        # A table OpenSIPS cannot load is a JSON-RPC error with HTTP 200: the handler fails.
+        Path(table.dest).write_text("not a db_text table\n")
+        ran = subprocess.run(["sh", "-c", handler], capture_output=True, text=True, timeout=30)
+        assert ran.returncode != 0 and "MI " in ran.stderr and " failed: {" in ran.stderr, ran.stdout + ran.stderr
     finally:
         proc.terminate()
         try:

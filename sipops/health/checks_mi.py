@@ -115,10 +115,39 @@ def check_gateways(cfg: HealthConfig, src: Sources, state: dict[str, Any]) -> Ch
             return CheckResult("gateways", Status.UNKNOWN, f"{method}: the {engine} module is not loaded")
         return CheckResult("gateways", Status.UNKNOWN, f"{method}: {exc}")
     gateways = parse_ds_list(result) if engine == "dispatcher" else parse_lb_list(result)
-    return judge_gateways(method, gateways)
+    return judge_gateways(method, gateways, cfg.gateways)
 
 
-def judge_gateways(method: str, gateways: list[Gateway]) -> CheckResult:
+def drift(running: list[Gateway], expected: tuple[tuple[str, str], ...]) -> list[str]:
+    """How the running destinations differ from the inventory's: '+' running only, '-' missing."""
+    have = {(g.group, g.uri) for g in running}
+    want = set(expected)
+    return [f"-{group} {uri}" for group, uri in sorted(want - have)] + [
+        f"+{group} {uri}" for group, uri in sorted(have - want)
+    ]
+
+
+def judge_gateways(
+    method: str, gateways: list[Gateway], expected: tuple[tuple[str, str], ...] | None = None
+) -> CheckResult:
+    """Down destinations (some: WARNING, a whole set: CRITICAL) and drift from the inventory (WARNING)."""
+    result = _judge_down(method, gateways)
+    if expected is None:  # a health.json from before sipops knew the sets: nothing to compare with
+        return result
+    differs = drift(gateways, expected)
+    result.metrics.append(
+        Metric("gateways_drift", len(differs), "", 1, None, 0, help=f"{method} entries that differ from the inventory")
+    )
+    if not differs:
+        return result
+    shown = ", ".join(differs[:6]) + (f" and {len(differs) - 6} more" if len(differs) > 6 else "")
+    text = f"{method} differs from the inventory (- missing, + not in the inventory): {shown}"
+    if result.status == Status.OK:
+        return CheckResult("gateways", Status.WARNING, text, result.metrics)
+    return CheckResult("gateways", result.status, f"{result.message}; {text}", result.metrics)
+
+
+def _judge_down(method: str, gateways: list[Gateway]) -> CheckResult:
     down = [g for g in gateways if not g.up]
     groups: dict[str, list[Gateway]] = {}
     for g in gateways:

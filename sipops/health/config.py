@@ -83,6 +83,8 @@ class HealthConfig:
     watcher_unit: str = "sipops-watch.service"
     sipops_bin: str = "/opt/sipops/bin/sipops"
     gateway_engine: str | None = None  # dispatcher | load_balancer | None (no gateway check)
+    # What the inventory says OpenSIPS runs: (set/group, URI); None: not known (no drift check).
+    gateways: tuple[tuple[str, str], ...] | None = None
     state_dir: str = DEFAULT_STATE_DIR
     textfile_dir: str | None = None
     alert_cmd: str | None = None
@@ -104,6 +106,7 @@ class HealthConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["sockets"] = [{"proto": s.proto, "address": s.address, "port": s.port} for s in self.sockets]
         data["checks"] = list(self.checks)
+        data["gateways"] = None if self.gateways is None else [list(g) for g in self.gateways]
         data["thresholds"] = {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)}
         return data
 
@@ -114,6 +117,12 @@ def _int_or_none(value: Any, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}: expected a whole number or null, got {value!r}")
     return value
+
+
+def _gateway(raw: Any, where: str) -> tuple[str, str]:
+    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
+        raise ConfigError(f"{where}: expected [set or group, URI]")
+    return raw[0], raw[1]
 
 
 def config_from_dict(data: dict[str, Any], source: str = "health config") -> HealthConfig:
@@ -131,6 +140,12 @@ def config_from_dict(data: dict[str, Any], source: str = "health config") -> Hea
             sockets.append(Socket(str(raw["proto"]), str(raw["address"]), int(raw["port"])))
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{source}: sockets[{i}]: expected proto, address and port") from None
+    raw_gw = values.pop("gateways", None)
+    if raw_gw is not None and not isinstance(raw_gw, list):
+        raise ConfigError(f"{source}: gateways: expected a list")
+    gateways = None
+    if raw_gw is not None:
+        gateways = tuple(_gateway(raw, f"{source}: gateways[{i}]") for i, raw in enumerate(raw_gw))
     raw_t = values.pop("thresholds", None) or {}
     names = {f.name for f in fields(Thresholds)}
     for key in raw_t:
@@ -145,7 +160,11 @@ def config_from_dict(data: dict[str, Any], source: str = "health config") -> Hea
         if name not in CHECKS:
             raise ConfigError(f"{source}: checks: unknown check '{name}' (known: {', '.join(CHECKS)})")
     try:
-        return HealthConfig(sockets=tuple(sockets), thresholds=thresholds, checks=checks, **values)
+        return HealthConfig(
+            sockets=tuple(sockets),
+            gateways=gateways,
+            thresholds=thresholds, checks=checks, **values
+        )
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

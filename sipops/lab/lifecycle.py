@@ -95,9 +95,7 @@ def opensips_line(prefix: Path) -> str:
 
 def _plan(directory: Path, opts: UpOptions, naming: Naming) -> LabState:
     state = LabState(dir=directory, prefix=opts.prefix, network=str(opts.network), release=opts.release)
-    if opts.opensips_prefix:
-        state.opensips_prefix = str(opts.opensips_prefix)
-        state.opensips_version = opensips_line(opts.opensips_prefix)
+    state.opensips_prefix = str(opts.opensips_prefix) if opts.opensips_prefix else None
     for i in range(1, opts.hosts + 1):
         name = naming.host_name(i)
         address = str(naming.host_address(i))
@@ -132,6 +130,8 @@ def up(directory: Path, opts: UpOptions, *, log: Callable[[str], None] = print) 
     if old is not None and old.members:
         raise InputError(f"a lab is already up here ({old.path}); run `sipops lab down` first")
     state = _plan(directory, opts, naming)
+    if opts.opensips_prefix:
+        state.opensips_version = opensips_line(opts.opensips_prefix)
     _refuse_foreign(state)
     directory.mkdir(parents=True, exist_ok=True)
     if not rootfs.base_ready(rootfs.base_path(opts.release)) or opts.rebuild:
