@@ -218,7 +218,10 @@ def facts(req: Json) -> Json:
         opensips = {"bin": binary, "version": ver, "prefix": os.path.dirname(os.path.dirname(binary))}
     users = {u: _exists(pwd.getpwnam, u) for u in req.get("users", [])}
     groups = {g: _exists(grp.getgrnam, g) for g in req.get("groups", [])}
+    missing = [a for a in req.get("listen", []) if not _is_local(a)]
     return {
+        "listen_missing": missing,
+        "addresses": host_addresses() if missing else [],
         "ok": True,
         "os": osr,
         "init": "systemd" if systemd else ("sysvinit" if os.path.isdir("/etc/init.d") else "unknown"),
@@ -232,6 +235,67 @@ def facts(req: Json) -> Json:
         "groups": groups,
         "uid": os.geteuid(),
     }
+
+
+def _is_local(address: str) -> bool:
+    """The host can bind this address (what OpenSIPS does at start, and `-C` does not check)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError as exc:
+            return exc.errno != errno.EADDRNOTAVAIL
+    return True
+
+
+def host_addresses() -> list[str]:
+    """The host's own addresses (IPv4 from the kernel's local routes, IPv6 from if_inet6)."""
+    out: list[str] = []
+    try:
+        with open("/proc/net/fib_trie") as f:
+            last = ""
+            for line in f:
+                word = line.strip()
+                if word.startswith("|-- "):
+                    last = word[4:]
+                elif word == "/32 host LOCAL" and last and last not in out:
+                    out.append(last)
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                raw = line.split()[0]
+                groups = [raw[i : i + 4].lstrip("0") or "0" for i in range(0, 32, 4)]
+                text = ":".join(groups)
+                out.append(text if len(raw) == 32 else raw)
+    except OSError:
+        pass
+    return out
+
+
+def cfg_sockets(text: str) -> list[Json]:
+    """The SIP sockets an opensips.cfg opens: `socket=` (`listen=` before 3.1) lines, proto:address[:port]."""
+    out: list[Json] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key.strip() not in ("socket", "listen"):
+            continue
+        words = value.split("#", 1)[0].split()
+        if not words:
+            continue
+        proto, _, rest = words[0].partition(":")
+        if rest.startswith("["):
+            address, _, port = rest[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            address, _, port = rest.partition(":")
+        if address:
+            out.append({"proto": proto, "address": address, "port": int(port) if port.isdigit() else 5060})
+    return out
 
 
 def _version_cache(req: Json, binary: str | None, version: str | None = None) -> str | None:
@@ -463,7 +527,7 @@ def run_apply(req: Json, staging: str) -> Json:
     gate = req.get("gate") or {}
     if failed is None:
         t = time.monotonic()
-        out["gate"] = checks = health_gate(gate, handlers, float(gate.get("timeout", 20)))
+        out["gate"] = checks = health_gate(gate, handlers, float(gate.get("timeout", 20)), root)
         out["gate_seconds"] = round(time.monotonic() - t, 3)
         bad = [c for c in checks if not c["ok"]]
     if failed is not None or bad:
@@ -472,7 +536,8 @@ def run_apply(req: Json, staging: str) -> Json:
         out["logs"] = logs(gate, handlers)
         restore(root, manifest)
         out["rollback_handlers"] = run_handlers(handlers, env)
-        out["rollback_gate"] = health_gate(gate, handlers, float(gate.get("timeout", 20)))
+        # The restored files are live now: the gate probes the sockets of the restored cfg.
+        out["rollback_gate"] = health_gate(gate, handlers, float(gate.get("timeout", 20)), root)
         out["rolled_back"] = True
     prune(req)
     out["seconds"] = round(time.monotonic() - t0, 3)
@@ -586,20 +651,30 @@ def run_handlers(handlers: list[Json], env: dict[str, str]) -> list[Json]:
     return ran
 
 
-def health_gate(gate: Json, handlers: list[Json], timeout: float) -> list[Json]:
+def health_gate(gate: Json, handlers: list[Json], timeout: float, root: str = "") -> list[Json]:
     """Units of the handlers that ran active; for SIP services also sockets listening and OPTIONS answered.
 
+    The sockets are those of the cfg on disk now (gate["cfg"]): after a rollback, the restored one's.
     A socket is probed with OPTIONS straight away: a port nobody listens on refuses at once (TCP RST,
     ICMP port unreachable on the connected UDP socket), so no /proc/net/tcp walk is needed, which on
-    a proxy holding 100k connections costs more than the whole gate.
+    a proxy holding 100k connections costs more than the whole gate. A unit that has failed (or waits
+    to be restarted after failing) is not waited on.
     """
     units = [u for h in handlers for u in gate.get("units", {}).get(h["name"], [])]
     sip = [u for u in units if u in gate.get("sip_units", [])]
+    sockets = gate.get("sockets", [])
+    if gate.get("cfg"):
+        try:
+            with open(root + gate["cfg"], encoding="utf-8", errors="replace") as f:
+                sockets = [s for s in cfg_sockets(f.read()) if s["proto"] in ("udp", "tcp")] or sockets
+        except OSError:
+            pass
     deadline = time.monotonic() + timeout
     while True:
-        checks = [{"what": f"{u} active", "ok": st == "active", "detail": st} for u, st in _unit_states(units)]
+        states = _unit_states(units)
+        checks = [{"what": f"{u} active", "ok": st == "active", "detail": st} for u, st in states]
         if sip and all(c["ok"] for c in checks):
-            for s in gate.get("sockets", []):
+            for s in sockets:
                 where = f"{s['proto']}:{s['address']}:{s['port']}"
                 r = options_ping(s["proto"], s["address"], int(s["port"]), timeout=1.0)
                 detail = r.error if r.refused else ""
@@ -613,19 +688,26 @@ def health_gate(gate: Json, handlers: list[Json], timeout: float) -> list[Json]:
                     "ok": False,
                     "detail": "not probed: service not active",
                 }
-                for s in gate.get("sockets", [])
+                for s in sockets
             ]
-        if all(c["ok"] for c in checks) or time.monotonic() >= deadline:
+        failed = any(st.startswith("failed") for _, st in states)
+        if all(c["ok"] for c in checks) or failed or time.monotonic() >= deadline:
             return checks
         time.sleep(0.05)  # a restarted OpenSIPS answers within tens of ms: do not wait a whole 0.2 s
 
 
 def _unit_states(units: list[str]) -> list[tuple[str, str]]:
+    """ActiveState per unit; "failed (auto-restart)" for one that died and waits for Restart=."""
     if not units:
         return []
-    _, text = _run(["systemctl", "is-active", "--", *units])
-    states = text.split()
-    return [(u, states[i] if i < len(states) else "unknown") for i, u in enumerate(units)]
+    _, text = _run(["systemctl", "show", "-p", "ActiveState,SubState", "--", *units])
+    blocks = text.strip().split("\n\n")
+    out = []
+    for i, u in enumerate(units):
+        kv = dict(line.partition("=")[::2] for line in (blocks[i] if i < len(blocks) else "").splitlines())
+        state, sub = kv.get("ActiveState", "unknown"), kv.get("SubState", "")
+        out.append((u, "failed (auto-restart)" if sub == "auto-restart" else state))
+    return out
 
 
 def logs(gate: Json, handlers: list[Json]) -> Json:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sipops.inventory import Inventory
-from sipops.remote.facts import gather, handler_units, sha256
+from sipops.remote.facts import gather, handler_units, opensips_cfg, sha256
 from sipops.remote.plan import REMOVE, HostPlan, plan_host
 from sipops.remote.runner import RemoteError, Runner, call
 from sipops.render import HostRender, context
@@ -60,9 +60,13 @@ def gate_spec(inv: Inventory | None, rendered: HostRender, timeout: float) -> di
             for s in context(inv, host)["sip_sockets"]
             if s["proto"] in ("udp", "tcp")
         ]
+    cfg = opensips_cfg(rendered)
     return {
         "units": {name: handler_units(cmd) for name, cmd in rendered.handlers.items()},
         "sip_units": sip_units,
+        # The agent probes the sockets of the opensips.cfg on disk (the new one, or after a rollback the
+        # restored one); "sockets" (the inventory's) stand in for a SIP service without an opensips.cfg.
+        "cfg": cfg.dest if cfg is not None and sip_units else None,
         "sockets": sockets,
         "log_file": host.vars.get("log_file"),
         "timeout": timeout,
@@ -146,7 +150,12 @@ def result_from_reply(host: str, reply: dict[str, Any], stamp: str) -> HostResul
         status = "rolled back"
         back = reply.get("rollback_gate", [])
         serving = all(c["ok"] for c in back)
-        reason += "; previous config restored" + ("" if serving else " but its health gate FAILED too")
+        if not back:
+            reason += "; previous config restored"
+        elif serving:
+            reason += f"; previous config restored and healthy ({len(back)} gate checks passed)"
+        else:
+            reason += "; previous config restored but its health gate FAILED too"
         for h in reply.get("rollback_handlers", []):
             if h.get("rc"):
                 reason += f"; handler '{h['name']}' failed again after the restore"

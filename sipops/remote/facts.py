@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from sipops.remote.agent import cfg_sockets
 from sipops.remote.runner import Runner, call
 from sipops.render import HostRender, RenderedFile
 
@@ -39,6 +40,8 @@ class HostFacts:
     users: dict[str, bool] = field(default_factory=dict)
     groups: dict[str, bool] = field(default_factory=dict)
     uid: int = 0
+    listen_missing: list[str] = field(default_factory=list)  # cfg addresses the host cannot bind
+    addresses: list[str] = field(default_factory=list)  # the host's own (sent when some are missing)
 
     @property
     def os_name(self) -> str:
@@ -106,15 +109,31 @@ def facts_request(rendered: HostRender, *, content: bool, root: str = "") -> dic
         "users": sorted({f.owner for f in rendered.files}),
         "groups": sorted({f.group for f in rendered.files}),
         "opensips_bin": rendered.host.vars.get("opensips_bin") or _opensips_bin(rendered),
+        "listen": listen_addresses(rendered),
     }
 
 
-def _opensips_bin(rendered: HostRender) -> str:
+def opensips_cfg(rendered: HostRender) -> RenderedFile | None:
+    """The host's opensips.cfg: the file OpenSIPS validates."""
     for f in rendered.files:
         c = validator_command(f)
         if c and c.rsplit("/", 1)[-1] == "opensips":
-            return c
-    return "opensips"
+            return f
+    return None
+
+
+def _opensips_bin(rendered: HostRender) -> str:
+    cfg = opensips_cfg(rendered)
+    return (cfg and validator_command(cfg)) or "opensips"
+
+
+def listen_addresses(rendered: HostRender) -> list[str]:
+    """Addresses the rendered opensips.cfg binds (wildcards need no check)."""
+    cfg = opensips_cfg(rendered)
+    if cfg is None:
+        return []
+    found = {s["address"] for s in cfg_sockets(cfg.content.decode(errors="replace"))}
+    return sorted(found - {"0.0.0.0", "::", "*"})
 
 
 def parse_facts(reply: dict[str, Any]) -> HostFacts:
@@ -147,6 +166,8 @@ def parse_facts(reply: dict[str, Any]) -> HostFacts:
         users=dict(reply.get("users", {})),
         groups=dict(reply.get("groups", {})),
         uid=int(reply.get("uid", 0)),
+        listen_missing=list(reply.get("listen_missing", [])),
+        addresses=list(reply.get("addresses", [])),
     )
 
 

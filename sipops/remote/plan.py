@@ -129,6 +129,9 @@ def _check_host_can_take(plan: HostPlan, facts: HostFacts) -> None:
             problems.append(f"{c.dest}: owner '{c.file.owner}' does not exist on the host")
         if facts.groups.get(c.file.group) is False:
             problems.append(f"{c.dest}: group '{c.file.group}' does not exist on the host")
+    for address in facts.listen_missing:
+        mine = ", ".join(a for a in facts.addresses if a not in ("127.0.0.1", "::1")) or "none"
+        problems.append(f"opensips.cfg listens on {address}, which is not an address of this host (it has: {mine})")
     pushed_units = {c.dest.rsplit("/", 1)[-1] for c in plan.files if "/systemd/system/" in c.dest}
     for name in plan.handlers:
         command = plan.handler_commands[name]
