@@ -220,6 +220,7 @@ def facts(req: Json) -> Json:
     groups = {g: _exists(grp.getgrnam, g) for g in req.get("groups", [])}
     missing = [a for a in req.get("listen", []) if not _is_local(a)]
     return {
+        "mi": mi_query(req["mi"]["url"], req["mi"]["method"]) if req.get("mi") else None,
         "listen_missing": missing,
         "addresses": host_addresses() if missing else [],
         "ok": True,
@@ -235,6 +236,24 @@ def facts(req: Json) -> Json:
         "groups": groups,
         "uid": os.geteuid(),
     }
+
+
+def mi_query(url: str, method: str) -> Json:
+    """One MI command over mi_http: {"result": ...} or {"error": "..."} (never raises)."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "id": 1}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=3) as reply:
+            data = json.loads(reply.read().decode("utf-8", "replace"))
+    except (OSError, ValueError) as exc:
+        return {"error": f"{url}: {exc}"}
+    if not isinstance(data, dict) or "result" not in data:
+        error = data.get("error") if isinstance(data, dict) else None
+        return {"error": f"{method}: {error.get('message') if isinstance(error, dict) else 'no result'}"}
+    return {"result": data["result"]}
 
 
 def _is_local(address: str) -> bool:
@@ -488,9 +507,10 @@ def run_apply(req: Json, staging: str) -> Json:
     # Decided again under the lock: a concurrent push may have done part of the work already.
     changes = [f for f in req["files"] if needs_change(f, root + f["path"])]
     out: Json = {"ok": True, "stamp": stamp, "changed": [f["path"] for f in changes], "handlers": [], "gate": []}
-    if not changes:
+    forced = set(req.get("force_handlers", []))  # the files are right, what runs is not
+    if not changes and not forced:
         return out
-    wanted = {n for f in changes for n in f.get("notify", [])}
+    wanted = {n for f in changes for n in f.get("notify", [])} | forced
     handlers = [h for h in req["handlers"] if h["name"] in wanted]
     env = dict(os.environ, SIPOPS_ROOT=root, PATH=os.environ.get("PATH", "") + ":" + ":".join(SBIN))
     for f in changes:
@@ -509,8 +529,8 @@ def run_apply(req: Json, staging: str) -> Json:
                 out.update(ok=False, phase="validate", file=f["path"], error=f"validator failed ({rc}): {cmd}")
                 out.update(output=text[-4000:], changed=[])
                 return out
-    manifest = backup(req, changes, handlers)
-    out["backup"] = stamp
+    manifest = backup(req, changes, handlers) if changes else None  # handlers alone: nothing to back up
+    out["backup"] = stamp if changes else None
     for f in changes:  # a retired file's own last step (stop and disable its service) before it goes
         if f.get("delete") and f.get("retire"):
             rc, text = _sh(f["retire"], env, 120)
@@ -534,7 +554,8 @@ def run_apply(req: Json, staging: str) -> Json:
         out.update(ok=False, phase="handler" if failed else "gate")
         out["error"] = f"handler '{failed['name']}' failed" if failed else "health gate: " + bad[0]["what"]
         out["logs"] = logs(gate, handlers)
-        restore(root, manifest)
+        if manifest is not None:
+            restore(root, manifest)
         out["rollback_handlers"] = run_handlers(handlers, env)
         # The restored files are live now: the gate probes the sockets of the restored cfg.
         out["rollback_gate"] = health_gate(gate, handlers, float(gate.get("timeout", 20)), root)

@@ -101,6 +101,7 @@ def apply_request(plan: HostPlan, gate: dict[str, Any], opts: PushOptions, stamp
         "stamp": stamp,
         "files": files,
         "handlers": [{"name": n, "cmd": plan.handler_commands[n]} for n in plan.handlers],
+        "force_handlers": plan.forced,
         "gate": gate,
         "lock_timeout": opts.lock_timeout,
         "keep": opts.keep,
@@ -129,7 +130,9 @@ def result_from_reply(host: str, reply: dict[str, Any], stamp: str) -> HostResul
     ran = [h["name"] for h in reply.get("handlers", [])]
     if reply.get("ok"):
         changed = list(reply.get("changed", []))
-        return HostResult(host, "changed" if changed else "unchanged", changed, ran, stamp=stamp if changed else "")
+        # Handlers alone (files right, what OpenSIPS ran was not) change the host too.
+        done = bool(changed or ran)
+        return HostResult(host, "changed" if done else "unchanged", changed, ran, stamp=stamp if changed else "")
     details: list[str] = []
     if reply.get("output"):
         details += str(reply["output"]).rstrip().splitlines()[-30:]

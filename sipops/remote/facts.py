@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class HostFacts:
     users: dict[str, bool] = field(default_factory=dict)
     groups: dict[str, bool] = field(default_factory=dict)
     uid: int = 0
+    mi: dict[str, Any] | None = None  # the MI reply asked for (diff: ds_list / lb_list): result or error
     listen_missing: list[str] = field(default_factory=list)  # cfg addresses the host cannot bind
     addresses: list[str] = field(default_factory=list)  # the host's own (sent when some are missing)
 
@@ -110,6 +112,8 @@ def facts_request(rendered: HostRender, *, content: bool, root: str = "") -> dic
         "groups": sorted({f.group for f in rendered.files}),
         "opensips_bin": rendered.host.vars.get("opensips_bin") or _opensips_bin(rendered),
         "listen": listen_addresses(rendered),
+        # The gateway sets OpenSIPS runs, to compare with the inventory's (one local MI call on the host).
+        "mi": gateway_query(rendered),
     }
 
 
@@ -125,6 +129,23 @@ def opensips_cfg(rendered: HostRender) -> RenderedFile | None:
 def _opensips_bin(rendered: HostRender) -> str:
     cfg = opensips_cfg(rendered)
     return (cfg and validator_command(cfg)) or "opensips"
+
+
+def health_config(rendered: HostRender) -> dict[str, Any] | None:
+    """The host's rendered health.json (what the inventory says OpenSIPS runs), if it has one."""
+    for f in rendered.files:
+        if f.dest.endswith("/sipops/health.json"):
+            data = json.loads(f.content)
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def gateway_query(rendered: HostRender) -> dict[str, str] | None:
+    """The MI listing of the host's gateway sets (ds_list / lb_list), when it balances over gateways."""
+    cfg = health_config(rendered)
+    if not cfg or not cfg.get("gateway_engine"):
+        return None
+    return {"url": cfg["mi_url"], "method": "ds_list" if cfg["gateway_engine"] == "dispatcher" else "lb_list"}
 
 
 def listen_addresses(rendered: HostRender) -> list[str]:
@@ -166,6 +187,7 @@ def parse_facts(reply: dict[str, Any]) -> HostFacts:
         users=dict(reply.get("users", {})),
         groups=dict(reply.get("groups", {})),
         uid=int(reply.get("uid", 0)),
+        mi=reply.get("mi"),
         listen_missing=list(reply.get("listen_missing", [])),
         addresses=list(reply.get("addresses", [])),
     )

@@ -154,7 +154,8 @@ def _push(
         res = push_host(rendered[name], pre.factory(name), inv=t.inv, opts=opts, check=check, log=emit)
         if res.status == "changed":
             ran = f"; ran {', '.join(res.handlers)}" if res.handlers else "; no handler"
-            emit(f"{name}: changed {len(res.changed)} file(s){ran}; backup {res.stamp} ({res.seconds:.1f}s)")
+            backup = f"; backup {res.stamp}" if res.stamp else " (what OpenSIPS ran differed from its files)"
+            emit(f"{name}: changed {len(res.changed)} file(s){ran}{backup} ({res.seconds:.1f}s)")
         elif res.failed or res.status == "skipped":
             emit(f"{name}: {res.status.upper()}: {res.reason}")
             for line in res.details:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sipops.remote.facts import HostFacts, RemoteFile, handler_units, sha256, validator_command
+from sipops.remote.facts import HostFacts, RemoteFile, handler_units, health_config, sha256, validator_command
 from sipops.render import HostRender, RenderedFile, RetiredFile
 
 CREATE, CHANGE, UNCHANGED, REMOVE = "create", "change", "unchanged", "remove"
@@ -53,6 +54,8 @@ class HostPlan:
     handler_commands: dict[str, str]
     problems: list[str] = field(default_factory=list)  # the host cannot be pushed to: why
     notes: list[str] = field(default_factory=list)  # worth knowing, not blocking
+    # Handlers that run although their files are unchanged: what OpenSIPS runs differs from them.
+    forced: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> list[FileChange]:
@@ -60,7 +63,7 @@ class HostPlan:
 
     @property
     def pending(self) -> bool:
-        return bool(self.changes)
+        return bool(self.changes or self.forced)
 
 
 def _normal_mode(mode: str) -> str:
@@ -86,7 +89,35 @@ def order_handlers(names: set[str], declared: dict[str, str]) -> list[str]:
 
 
 def plan_host(rendered: HostRender, facts: HostFacts) -> HostPlan:
-    return plan_files(rendered.host.name, rendered.files, rendered.handlers, facts, rendered.retired)
+    plan = plan_files(rendered.host.name, rendered.files, rendered.handlers, facts, rendered.retired)
+    if facts.mi is not None:
+        drifted, notes = runtime_gateway_drift(rendered, facts.mi)
+        plan.notes += notes
+        if drifted:
+            # The tables on disk are right but OpenSIPS runs other sets (edited and reloaded by hand, a
+            # reload that never happened): their reload handler runs although no file changes.
+            tables = [f for f in rendered.files if "/dbtext/" in f.dest and f.notify]
+            wanted = {n for f in tables for n in f.notify} - set(plan.handlers)
+            plan.forced = order_handlers(wanted, rendered.handlers)
+            plan.handlers += plan.forced
+            plan.handler_commands.update({n: rendered.handlers[n] for n in plan.forced})
+    return plan
+
+
+def runtime_gateway_drift(rendered: HostRender, reply: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether the gateway sets OpenSIPS runs (the facts run's MI listing) differ from the inventory's,
+    and the notes that say how (or why they could not be compared)."""
+    from sipops.health.checks_mi import drift
+    from sipops.health.mi import parse_ds_list, parse_lb_list
+
+    cfg = health_config(rendered) or {}
+    method = "ds_list" if cfg.get("gateway_engine") == "dispatcher" else "lb_list"
+    if "error" in reply:
+        return False, [f"runtime gateways not compared: {reply['error']}"]
+    running = (parse_ds_list if method == "ds_list" else parse_lb_list)(reply.get("result"))
+    expected = tuple((str(g), str(u)) for g, u in cfg.get("gateways") or [])
+    differs = drift(running, expected)
+    return bool(differs), [f"runtime {method} differs from the inventory: {d}" for d in differs]
 
 
 def plan_files(
