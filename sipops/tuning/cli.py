@@ -5,20 +5,18 @@ engine's result, then the read-back."""
 from __future__ import annotations
 
 import sys
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
 from sipops.errors import ExitCode, InputError
-from sipops.inventory import load_inventory, resolve_inventory_path
-from sipops.remote.apply import PushOptions
-from sipops.remote.fleet import Target, load_targets
-from sipops.tuning.calc import HOST, TuneInputError, check_max_connections
-from sipops.tuning.run import CONTAINER_HOST, NOT_TAKEN, UNCHECKED, TuneResult, summary, tune_host
+
+# The command table imports this module on every sipops start: what tune-tcp runs loads when it runs.
+if TYPE_CHECKING:
+    from sipops.remote.apply import PushOptions
+    from sipops.remote.fleet import Target
+    from sipops.tuning.run import TuneResult
 
 _ACTION_WORDS = {"set": "set", "ok": "ok", "keep": "keep", "lower": "LOWER", "host": "HOST"}
 
@@ -32,6 +30,9 @@ def table(result: TuneResult) -> list[str]:
 
 
 def report(result: TuneResult, check: bool) -> list[str]:
+    from sipops.tuning.calc import HOST
+    from sipops.tuning.run import CONTAINER_HOST, NOT_TAKEN, UNCHECKED, summary
+
     name = result.host
     lines: list[str] = []
     probe = result.probe
@@ -79,6 +80,10 @@ def report(result: TuneResult, check: bool) -> list[str]:
 
 def _local_inventory(inventory: str | None, targets: list[str]) -> tuple[str | None, list[str]]:
     """--local without HOST: the inventory's only host, or this machine with the roles' defaults."""
+    import tempfile
+
+    from sipops.inventory import load_inventory, resolve_inventory_path
+
     if targets:
         return inventory, targets
     path = resolve_inventory_path(inventory)
@@ -102,6 +107,11 @@ def tune_tcp(
     forks: int,
     opts: PushOptions,
 ) -> int:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sipops.tuning.run import tune_host
+
     lock = threading.Lock()
 
     def emit(text: str) -> None:
@@ -156,6 +166,9 @@ def tune_tcp_command(
 ) -> None:
     """Compute TCP and file-descriptor limits for N connections, show current -> target, apply, read back."""
     from sipops.cli import bad_input
+    from sipops.remote.apply import PushOptions
+    from sipops.remote.fleet import load_targets
+    from sipops.tuning.calc import TuneInputError, check_max_connections
 
     try:
         if max_connections is not None:
