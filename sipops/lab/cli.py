@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Throwaway Debian hosts on this machine (systemd-nspawn + netns + sshd) to rehearse on.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help: see sipops.cli
 )
 
 DirOption = Annotated[
