@@ -241,3 +241,12 @@ def test_the_lab_dir_is_absolute_so_mounts_match_proc_mounts(tmp_path: Path, mon
     monkeypatch.delenv("SIPOPS_LAB_DIR", raising=False)
     assert lab_dir(None) == tmp_path / "lab"
     assert lab_dir(Path("x")) == tmp_path / "x"
+
+
+def test_hosts_boot_in_waves_of_four_per_core(tmp_path: Path) -> None:
+    from sipops.lab.hosts import wave_size, waves
+
+    state = _state(tmp_path, hosts=10)
+    assert wave_size(2) == 8
+    assert [[m.name for m in w] for w in waves(state.hosts(), 4)] == [
+        ["h1", "h2", "h3", "h4"], ["h5", "h6", "h7", "h8"], ["h9", "h10"]]  # fmt: skip

@@ -172,9 +172,7 @@ def _build(state: LabState, base: Path, opts: UpOptions) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         host_keys = dict(pool.map(layer, state.hosts()))
     write_files(state, host_keys)
-    for member in state.hosts():
-        hosts.start(state, member)
-    hosts.wait_ssh(state, state.hosts(), timeout=opts.boot_timeout)
+    hosts.boot(state, state.hosts(), timeout=opts.boot_timeout)
 
 
 def down(directory: Path, *, log: Callable[[str], None] = print) -> bool:
