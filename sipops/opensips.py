@@ -7,6 +7,10 @@ from typing import Any
 
 SUPPORTED_VERSIONS = ("3.4", "3.6")
 SOURCE_PREFIX = "/usr/local/opensips"
+# OpenSIPS has no compiled-in module path (a bare `loadmodule "tm.so"` is looked up by dlopen alone):
+# its packages' sample cfg sets mpath, so ours must too. Debian/Ubuntu amd64 packages put modules here;
+# RHEL-family packages under /usr/lib64/opensips/modules/ (set opensips_mpath there).
+PACKAGE_MPATH = "/usr/lib/x86_64-linux-gnu/opensips/modules/"
 
 _DS_COLUMNS_34 = (
     "id(int,auto) setid(int) destination(string) socket(string,null) state(int) probe_mode(int) "
@@ -58,7 +62,7 @@ class OpenSIPSLayout:
     bin: str
     cfg_dir: str
     cfg_file: str
-    mpath: str  # empty: the binary's compiled-in module path (packages)
+    mpath: str  # the cfg's mpath: where loadmodule finds modules
     share_dir: str
     run_dir: str
     pid_file: str
@@ -86,7 +90,7 @@ def layout(version: str, install: str, prefix: str | None, mpath: str | None = N
         root = "/usr"
         cfg_dir = "/etc/opensips"
         share = "/usr/share/opensips"
-        module_path = mpath or ""
+        module_path = mpath or PACKAGE_MPATH
     else:
         root = (prefix or SOURCE_PREFIX).rstrip("/") if install == "existing" else SOURCE_PREFIX
         cfg_dir = f"{root}/etc/opensips"

@@ -104,6 +104,14 @@ def check_path(value: Any) -> str:
     return text
 
 
+def check_url(value: Any) -> str:
+    """An http:// or https:// URL with a host and no spaces (it may end up in an apt sources line)."""
+    text = check_str(value)
+    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", text):
+        raise BadValue(f"'{text}' is not an http:// or https:// URL")
+    return text
+
+
 def check_size(value: Any) -> int:
     """Memory size in MB: 512 or '512M' or '2G'."""
     if isinstance(value, str):
@@ -124,6 +132,7 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "cidr": check_cidr,
     "path": check_path,
     "size": check_size,
+    "url": check_url,
 }
 
 

@@ -134,6 +134,12 @@ BAD = {
         "hosts.a.ssh.port",
         "out of range",
     ),
+    "apt repository not an http(s) URL": (
+        "hosts:\n  a:\n    address: 192.0.2.1\n    vars:\n      opensips_apt_url: ftp://mirror.example.net/opensips\n",
+        5,
+        "hosts.a.vars.opensips_apt_url",
+        "is not an http:// or https:// URL",
+    ),
     "bad cidr": (
         "defaults:\n  vars:\n    allowlist: [192.0.2.0/24, 10.0.0.1/8]\nhosts:\n  a: {address: 192.0.2.1}\n",
         3,

@@ -160,3 +160,11 @@ def test_version_help_and_completion(cli):
     assert code == 0 and out.startswith("sipops ")
     code, out, _ = cli("--help")
     assert code == 0 and "render" in out and "--install-completion" in out
+
+
+def test_a_package_install_cfg_names_the_packages_module_directory(cli, write_inventory, tmp_path):
+    # OpenSIPS has no compiled-in module path: without mpath, `loadmodule "tm.so"` fails on a package install.
+    out = tmp_path / "out"
+    assert cli("render", "all", "-i", write_inventory(SMALL), "-o", out)[0] == 0
+    cfg = (out / "a/etc/opensips/opensips.cfg").read_text()
+    assert 'mpath = "/usr/lib/x86_64-linux-gnu/opensips/modules/"' in cfg

@@ -12,7 +12,6 @@ from sipops.provision.steps import PhasePlan, Step, q
 DEFAULT_RELEASE = {"3.4": "3.4.18", "3.6": "3.6.8"}
 SOURCE_URL = "https://opensips.org/pub/opensips/{release}/opensips-{release}.tar.gz"
 APT_KEYRING = "/usr/share/keyrings/opensips-org.gpg"
-APT_KEY_URL = "https://apt.opensips.org/opensips-org.gpg"
 APT_LIST = "/etc/apt/sources.list.d/opensips.list"
 BUILD_MARKER = ".sipops-build"
 
@@ -83,6 +82,8 @@ class InstallInputs:
     release: str  # full release for source builds, e.g. 3.6.8
     source: str  # tarball URL or a local path on the operator's machine
     yum_release_rpm: str  # URL of the opensips-yum-releases package (RHEL family)
+    apt_url: str  # the apt repository (Debian family): opensips_apt_url
+    apt_key_url: str  # the key that signs it: opensips_apt_key_url
 
 
 def _installed_test(pm: str, pkgs: list[str]) -> str:
@@ -133,22 +134,28 @@ def opensips(inp: InstallInputs) -> PhasePlan:
 
 
 def _package(inp: InstallInputs) -> PhasePlan:
-    plan = PhasePlan("opensips", note=f"OpenSIPS {inp.layout.version} from the official repository")
+    source = inp.apt_url.rstrip("/") if inp.os.pkg == "apt" else "the official repository"
+    plan = PhasePlan("opensips", note=f"OpenSIPS {inp.layout.version} from {source}")
     pkgs = ["opensips", *inp.module_packages]
     if inp.os.pkg == "apt":
-        line = f"deb [signed-by={APT_KEYRING}] https://apt.opensips.org {inp.os.codename} {inp.layout.version}-releases"
+        repo = inp.apt_url.rstrip("/")
+        line = f"deb [signed-by={APT_KEYRING}] {repo} {inp.os.codename} {inp.layout.version}-releases"
+        # The list names the key's source too: a changed opensips_apt_key_url fetches the key again
+        # (a kept old keyring would make apt refuse the new repository's signatures).
+        key_note = f"# signed-by key from {inp.apt_key_url}"
+        listing = f"printf '%s\\n' {q(key_note)} {q(line)}"
         plan.steps.append(
             Step(
-                "repository key (signed-by keyring, not apt-key)",
-                f"curl -fsSL {q(APT_KEY_URL)} -o {APT_KEYRING}.tmp && mv {APT_KEYRING}.tmp {APT_KEYRING}",
-                unless=f"test -s {APT_KEYRING}",
+                f"repository key from {inp.apt_key_url} (signed-by keyring, not apt-key)",
+                f"curl -fsSL {q(inp.apt_key_url)} -o {APT_KEYRING}.tmp && mv {APT_KEYRING}.tmp {APT_KEYRING}",
+                unless=f"test -s {APT_KEYRING} && grep -qxF {q(key_note)} {APT_LIST}",
             )
         )
         plan.steps.append(
             Step(
-                f"repository {inp.layout.version}-releases for {inp.os.codename}",
-                f"printf '%s\\n' {q(line)} > {APT_LIST}.tmp && mv {APT_LIST}.tmp {APT_LIST}",
-                unless=f"grep -qxF {q(line)} {APT_LIST}",
+                f"repository {repo} {inp.layout.version}-releases for {inp.os.codename}",
+                f"{listing} > {APT_LIST}.tmp && mv {APT_LIST}.tmp {APT_LIST}",
+                unless=f"{listing} | cmp -s - {APT_LIST}",
             )
         )
     else:

@@ -38,6 +38,8 @@ def inputs(inv: Inventory, host: Host, os: OsInfo) -> tuple[phases.InstallInputs
         release=release,
         source=ctx.get("opensips_source_url") or phases.SOURCE_URL.format(release=release),
         yum_release_rpm=ctx.get("opensips_yum_release_rpm") or YUM_RELEASE_RPM.format(version=lay.version, el=os.el),
+        apt_url=ctx["opensips_apt_url"],
+        apt_key_url=ctx["opensips_apt_key_url"],
     )
     return inp, ctx
 
