@@ -28,6 +28,7 @@ class RenderedFile:
     validate: str | None  # command with `{path}` for the staged copy
     notify: tuple[str, ...]
     src: str  # template it came from (for messages)
+    notify_routes: tuple[str, ...] | None = None  # opensips.cfg: instead of notify when only routes changed
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,11 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
             dest = _expr(env, t.dest, ctx, where, host)
             if not dest.startswith("/"):
                 raise InputError(f"dest '{dest}' is not an absolute path", file=r.file, line=t.line, field="dest")
-            for n in t.notify:
-                if n not in handlers:
-                    raise InputError(f"notifies unknown handler '{n}'", file=r.file, line=t.line, field="notify")
+            for field_name, names in (("notify", t.notify), ("notify_routes", t.notify_routes or ())):
+                for n in names:
+                    if n not in handlers:
+                        message = f"notifies unknown handler '{n}'"
+                        raise InputError(message, file=r.file, line=t.line, field=field_name)
             try:
                 text = env.get_template(t.src).render(ctx)
             except jinja2.TemplateNotFound as exc:
@@ -235,7 +238,9 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
             # A later role may replace an earlier role's file (e.g. a user's role overriding one path).
             owner = _expr(env, t.owner, ctx, where, host)
             group = _expr(env, t.group, ctx, where, host)
-            files[dest] = RenderedFile(dest, text.encode(), t.mode, owner, group, validate, t.notify, t.src)
+            files[dest] = RenderedFile(
+                dest, text.encode(), t.mode, owner, group, validate, t.notify, t.src, t.notify_routes
+            )
     gone = [retired[d] for d in sorted(retired) if d not in files]  # another template may still render it
     return HostRender(host, [files[d] for d in sorted(files)], handlers, gone)
 

@@ -31,6 +31,9 @@ class TemplateSpec:
     # When `when` is false and the file is on the host, push removes it (backed up like any change),
     # running this command on the host first ("" for none). Without it such a file is left alone.
     retire: str | None = None
+    # opensips.cfg: the handlers to notify instead of `notify` when only its route blocks changed
+    # (sipops.cfgchange): OpenSIPS reloads routes over MI without a restart.
+    notify_routes: tuple[str, ...] | None = None
     line: int = 0
 
 
@@ -71,7 +74,7 @@ _ROLE_KEYS = [
     "templates",
     "handlers",
 ]
-_TEMPLATE_KEYS = ["src", "dest", "mode", "owner", "group", "validate", "notify", "when", "retire"]
+_TEMPLATE_KEYS = ["src", "dest", "mode", "owner", "group", "validate", "notify", "notify_routes", "when", "retire"]
 _PORT_KEYS = ["proto", "port", "from", "comment"]
 
 
@@ -185,6 +188,9 @@ def _parse_template(doc: Located, i: int, raw: Any) -> TemplateSpec:
         raise _fail(doc, (*path, "retire"), 'expected the command to run before removing the file ("" for none)')
     if retire is not None and raw.get("when") is None:
         raise _fail(doc, (*path, "retire"), "retire needs a 'when': the file is removed when it turns false")
+    routes = raw.get("notify_routes")
+    if isinstance(routes, str):
+        routes = [routes]
     return TemplateSpec(
         src=raw["src"],
         dest=raw["dest"],
@@ -195,6 +201,7 @@ def _parse_template(doc: Located, i: int, raw: Any) -> TemplateSpec:
         notify=tuple(_str_list(doc, (*path, "notify"), notify)),
         when=raw.get("when"),
         retire=retire,
+        notify_routes=None if routes is None else tuple(_str_list(doc, (*path, "notify_routes"), routes)),
         line=doc.line(path) or 0,
     )
 

@@ -90,7 +90,7 @@ def apply_request(plan: HostPlan, gate: dict[str, Any], opts: PushOptions, stamp
                 "owner": f.owner,
                 "group": f.group,
                 "validate": f.validate,
-                "notify": list(f.notify),
+                "notify": list(c.notify),
             }
         )
         payload += f.content

@@ -94,7 +94,8 @@ def facts_request(rendered: HostRender, *, content: bool, root: str = "") -> dic
             "path": f.dest,
             "want_sha256": sha256(f.content),
             "want": [f"{int(f.mode, 8):04o}", f.owner, f.group],
-            "content": content,
+            # a cfg that may only need its routes reloaded: its live bytes say which (sent only if they differ)
+            "content": content or f.notify_routes is not None,
         }
         for f in rendered.files
     ]

@@ -7,9 +7,10 @@ is sent: a validator or a service that does not exist there, an owner the host d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sipops.cfgchange import NOTHING, ROUTES, CfgChange, classify
 from sipops.remote.facts import HostFacts, RemoteFile, handler_units, health_config, sha256, validator_command
 from sipops.render import HostRender, RenderedFile, RetiredFile
 
@@ -25,10 +26,21 @@ class FileChange:
     mode: tuple[str, str] | None = None  # (live, wanted) when they differ
     owner: tuple[str, str] | None = None  # ("root:root", "root:opensips") when they differ
     retire: str | None = None  # remove: the command the host runs first ("" for none)
+    # opensips.cfg: what kind of change it is (sipops.cfgchange) and the handlers that follow from it
+    kind: CfgChange | None = None
 
     @property
     def dest(self) -> str:
         return self.file.dest
+
+    @property
+    def notify(self) -> tuple[str, ...]:
+        """The handlers this change triggers: a routes-only cfg change its lighter ones, comments none."""
+        if self.kind is None or self.file.notify_routes is None:
+            return self.file.notify
+        if self.kind.kind == ROUTES:
+            return self.file.notify_routes
+        return () if self.kind.kind == NOTHING else self.file.notify
 
     def describe(self) -> str:
         parts = []
@@ -43,6 +55,9 @@ class FileChange:
             parts.append(f"mode {self.mode[0]} -> {self.mode[1]}")
         if self.owner:
             parts.append(f"owner {self.owner[0]} -> {self.owner[1]}")
+        if self.kind is not None:
+            follow = ", ".join(self.notify) or "nothing to run"
+            parts.append(f"{self.kind.reason}: {follow}")
         return ", ".join(parts)
 
 
@@ -80,6 +95,17 @@ def compare(f: RenderedFile, before: RemoteFile | None) -> FileChange:
     owner = (live_owner, want_owner) if live_owner != want_owner else None
     action = CHANGE if content or mode or owner else UNCHANGED
     return FileChange(f, action, before, content=content, mode=mode, owner=owner)
+
+
+def _kind_of_change(c: FileChange) -> FileChange:
+    """A changed cfg that declares lighter handlers, compared with its live bytes: routes, comments or more."""
+    if c.action != CHANGE or not c.content or c.file.notify_routes is None or c.before is None:
+        return c
+    live = c.before.content
+    if live is None:
+        return c
+    kind = classify(live.decode(errors="replace"), c.file.content.decode(errors="replace"))
+    return replace(c, kind=kind)
 
 
 def order_handlers(names: set[str], declared: dict[str, str]) -> list[str]:
@@ -139,7 +165,11 @@ def plan_files(
         before = c.before
         if before is not None and before.kind != "file":
             problems.append(f"{c.dest} exists on the host but is {before.kind}; sipops manages regular files only")
-    triggered = {n for c in changes if c.action != UNCHANGED for n in c.file.notify}
+    changes = [_kind_of_change(c) for c in changes]
+    full = {n for c in changes if c.action != UNCHANGED and c.kind is None for n in c.file.notify}
+    # A routes-only cfg change whose full handlers run anyway (another file restarts OpenSIPS): no reload too.
+    changes = [replace(c, kind=None) if c.kind and set(c.file.notify) & full else c for c in changes]
+    triggered = {n for c in changes if c.action != UNCHANGED for n in c.notify}
     ordered = order_handlers(triggered, handlers)
     plan = HostPlan(host, changes, ordered, {n: handlers[n] for n in ordered}, problems)
     _check_host_can_take(plan, facts)

@@ -260,3 +260,31 @@ def test_a_cfg_that_fails_at_start_is_rolled_back_fast_and_the_restored_one_is_h
     assert took < 15, f"the push waited {took:.1f} s on a service that had failed"
     assert tlab.hashes() == before
     assert tlab.exec("h1", "systemctl", "is-active", "opensips").stdout.strip() == "active"
+
+
+def _opensips_pid(lab: TruthLab) -> str:
+    return lab.exec("h1", "systemctl", "show", "-p", "MainPID", "--value", "opensips").stdout.strip()
+
+
+def test_a_routes_only_change_is_reloaded_without_a_restart(tlab: TruthLab) -> None:
+    tlab.set_vars()
+    assert tlab.sipops("push", "h1").returncode == 0
+    pid = _opensips_pid(tlab)
+    tlab.set_vars(lb_failover_codes="408|50[0-9]")  # used in failure_route[gw_failover] only
+    diff = tlab.sipops("diff", "h1")
+    assert "failure_route[gw_failover] changed: reload routes" in diff.stdout, diff.stdout
+    res = tlab.sipops("push", "h1")
+    assert res.returncode == 0 and "ran reload routes" in res.stdout, res.stdout
+    assert _opensips_pid(tlab) == pid  # the same process: calls, transactions and TCP connections kept
+
+
+def test_a_modparam_change_restarts_opensips(tlab: TruthLab) -> None:
+    tlab.set_vars()
+    assert tlab.sipops("push", "h1").returncode == 0
+    pid = _opensips_pid(tlab)
+    tlab.set_vars(sip_fr_timeout=7)
+    diff = tlab.sipops("diff", "h1")
+    assert 'modparam("tm", "fr_timeout", 7) changed: restart opensips' in diff.stdout, diff.stdout
+    res = tlab.sipops("push", "h1")
+    assert res.returncode == 0 and "ran restart opensips" in res.stdout, res.stdout
+    assert _opensips_pid(tlab) != pid
