@@ -1,8 +1,11 @@
 """bench/push: sipops push vs pyinfra vs Ansible on 10 lab hosts, same files, same handlers.
 
-    python bench/push.py [--lab DIR] [--runs 3] [--venv /tmp/sipops-bench-venv]
+    python bench/push.py [--lab DIR] [--hosts 10] [--runs 3] [--tools sipops,floor,pyinfra,ansible]
 
-Without --lab a 10-host lab (with the local OpenSIPS build copied in) is brought up and torn down.
+Without --lab an N-host lab (with the OpenSIPS build of $SIPOPS_OPENSIPS_PREFIX or --opensips-prefix
+copied in) is brought up and torn down. The "floor" is what any push must do at least: one SSH connection
+per host (Fabric, strict host keys, the hosts in parallel) and one sha256sum of the same files, as a whole
+process like the others: its figure is set beside sipops' no-op push.
 Each tool gets, per run: a first push (hosts reset), an immediate no-op push, and a push after one
 variable (sip_fr_timeout) changed every host's opensips.cfg. Medians and ratios are printed.
 pyinfra and ansible-core go into their own venv (not project dependencies). Both copy the files
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -124,7 +128,18 @@ class Bench:
             + "; systemctl daemon-reload"
         )
 
-    # ---- the three tools ----
+    # ---- the tools ----
+    def run_floor(self) -> float:
+        spec = self.render()
+        paths = {n: [f["dest"] for f in s["files"]] for n, s in spec.items()}  # type: ignore[index]
+        job = {"hosts": self.hosts, "paths": paths, "key": str(self.key), "known": str(self.known)}
+        t = time.monotonic()
+        res = sh([sys.executable, "-c", FLOOR, json.dumps(job)])
+        took = time.monotonic() - t
+        if res.returncode:
+            raise SystemExit(f"floor failed:\n{res.stdout}{res.stderr}")
+        return took
+
     def run_sipops(self) -> float:
         t = time.monotonic()
         res = sh([*SIPOPS, "push", "all", "-i", str(self.inventory)], cwd=self.work)
@@ -190,6 +205,26 @@ class Bench:
         return took
 
 
+FLOOR = """
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+import paramiko
+from fabric import Connection
+job = json.loads(sys.argv[1])
+def one(item):
+    name, address = item
+    c = Connection(address, user="root", connect_kwargs={"key_filename": job["key"], "look_for_keys": False})
+    c.client.load_host_keys(job["known"])
+    c.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        return c.run("sha256sum " + " ".join(job["paths"][name]), hide=True, warn=True).return_code
+    finally:
+        c.close()
+with ThreadPoolExecutor(len(job["hosts"])) as pool:
+    codes = list(pool.map(one, job["hosts"].items()))
+sys.exit(0 if all(c in (0, 1) for c in codes) else 1)
+"""
+
 PYINFRA_DEPLOY = """
 import json
 from pyinfra import host
@@ -254,7 +289,9 @@ def main() -> None:
     ap.add_argument("--lab", type=Path, help="a running lab's folder (default: bring one up with 10 hosts)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--venv", type=Path, default=Path("/tmp/sipops-bench-venv"))
-    ap.add_argument("--tools", default="sipops,pyinfra,ansible")
+    ap.add_argument("--tools", default="sipops,floor,pyinfra,ansible")
+    ap.add_argument("--hosts", type=int, default=10, help="lab hosts (without --lab)")
+    ap.add_argument("--opensips-prefix", type=Path, help="OpenSIPS build to copy in [default: $SIPOPS_OPENSIPS_PREFIX]")
     args = ap.parse_args()
     if not (args.venv / "bin" / "pyinfra").exists() or not (args.venv / "bin" / "ansible-playbook").exists():
         sh([sys.executable, "-m", "venv", str(args.venv)])
@@ -266,11 +303,14 @@ def main() -> None:
     if own_lab:
         from sipops.lab.lifecycle import UpOptions, up
 
-        prefix = next((p for p in PREFIXES if (p / "sbin" / "opensips").exists()), None)
+        env_prefixes = [Path(p) for p in os.environ.get("SIPOPS_OPENSIPS_PREFIX", "").split(":") if p]
+        candidates = [args.opensips_prefix] if args.opensips_prefix else [*env_prefixes, *PREFIXES]
+        prefix = next((p for p in candidates if (p / "sbin" / "opensips").exists()), None)
         if prefix is None:
-            raise SystemExit("bench/push needs a local OpenSIPS build (/opt/opensips-3.6) to copy into the lab")
+            raise SystemExit("bench/push needs an OpenSIPS build to copy into the lab (.ci/opensips TARBALL)")
         lab = work / "lab"
-        opts = UpOptions(hosts=10, prefix="sipb", network=IPv4Network("198.18.192.0/20"), opensips_prefix=prefix)
+        network = IPv4Network("198.18.144.0/20")  # no test lab uses it
+        opts = UpOptions(hosts=args.hosts, prefix="sipb", network=network, opensips_prefix=prefix)
         up(lab, opts, log=lambda line: print(line, file=sys.stderr))
     try:
         bench = Bench(lab.resolve(), work, args.venv)
@@ -280,6 +320,9 @@ def main() -> None:
         for run in range(args.runs):
             for tool in tools:
                 fn = getattr(bench, f"run_{tool}")
+                if tool == "floor":  # nothing to push: its one figure stands beside every no-op
+                    times.setdefault((tool, "no-op"), []).append(fn())
+                    continue
                 bench.set_change(5)
                 bench.reset()
                 first = fn()
@@ -289,14 +332,14 @@ def main() -> None:
                 for k, v in (("first", first), ("no-op", noop), ("one change", change)):
                     times.setdefault((tool, k), []).append(v)
                 print(f"run {run + 1} {tool:8} first {first:6.2f}s  no-op {noop:6.2f}s  one change {change:6.2f}s")
-        print(f"\nmedians over {args.runs} runs, 10 hosts:")
-        print(f"{'':12}" + "".join(f"{t:>10}" for t in tools) + "   sipops/pyinfra  sipops/ansible")
+        print(f"\nmedians over {args.runs} runs, {len(bench.hosts)} hosts:")
+        print(f"{'':12}" + "".join(f"{t:>10}" for t in tools) + "   sipops/floor sipops/pyinfra  sipops/ansible")
         for k in ("first", "no-op", "one change"):
-            med = {t: statistics.median(times[(t, k)]) for t in tools}
-            row = f"{k:12}" + "".join(f"{med[t]:9.2f}s" for t in tools)
+            med = {t: statistics.median(times[(t, k)]) for t in tools if (t, k) in times}
+            row = f"{k:12}" + "".join(f"{med[t]:9.2f}s" if t in med else f"{'-':>10}" for t in tools)
             if "sipops" in med:
-                for ref in ("pyinfra", "ansible"):
-                    row += f"   {med['sipops'] / med[ref]:12.2f}x" if ref in med else ""
+                for ref in ("floor", "pyinfra", "ansible"):
+                    row += f"   {med['sipops'] / med[ref]:12.2f}x" if ref in med else f"{'-':>15}"
             print(row)
     finally:
         if own_lab:
