@@ -417,6 +417,11 @@ from sipops.lab.cli import app as lab_app  # noqa: E402
 
 app.add_typer(lab_app, name="lab")
 
+# calltest: softphones register and call through each host's roles (sipops/calltest/cli.py).
+from sipops.calltest.cli import register as _register_calltest_command  # noqa: E402
+
+_register_calltest_command(app)  # calltest
+
 
 def run() -> None:
     """Console-script entry point."""
