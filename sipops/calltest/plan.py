@@ -26,6 +26,8 @@ URI_RE = re.compile(
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?(?P<params>(?:;[^;?]+)*)$"
 )
 USER_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+# sipp reads credentials out of its own [authentication username=.. password=..] keyword.
+PASSWORD_RE = re.compile(r"^[^\s\[\];]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,11 @@ def parse_callee(text: str) -> CalleeUri:
 
 def parse_account(text: str, where: str) -> Account:
     user, sep, password = text.partition(":")
-    if not sep or not USER_RE.match(user) or not password:
-        raise InputError("an account is USER:PASSWORD (user: letters, digits, . _ + -)", field=where)
+    if not sep or not USER_RE.match(user) or not PASSWORD_RE.match(password):
+        raise InputError(
+            "an account is USER:PASSWORD (user: letters, digits, . _ + -; password: no spaces, [ ] or ;)",
+            field=where,
+        )
     return Account(user, password)
 
 

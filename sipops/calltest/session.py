@@ -18,6 +18,11 @@ from sipops.calltest.scenarios import render, write_injection
 from sipops.calltest.sipp import Place, SippOutput, SippProcess, SippSpec
 
 
+def auth_keyword(account: Account) -> str:
+    """sipp's digest keyword for one phone (a field of the injection file, expanded when sent)."""
+    return f"[authentication username={account.user} password={account.password}]"
+
+
 class Session:
     def __init__(self, env: jinja2.Environment, binary: str, workdir: Path, opts: Options) -> None:
         self.env = env
@@ -71,7 +76,7 @@ class Session:
         """REGISTER each (account, contact host:port) from the caller's place; waits for the outcome."""
         folder = self.folder(f"{t.name}-register-{transport}")
         scenario = self.render("register", folder, domain=t.address, expires=expires, expect=expect)
-        rows: list[tuple[str, ...]] = [(a.user, a.password, contact) for a, contact in phones]
+        rows: list[tuple[str, ...]] = [(a.user, auth_keyword(a), contact) for a, contact in phones]
         spec = SippSpec(
             scenario,
             self.caller,

@@ -232,7 +232,7 @@ def read_output(folder: Path, scenario: Path) -> SippOutput:
         stats=parse_stat_csv(scenario.with_suffix(".stat.csv")),
         setup_ms=parse_rtt_csv(one(f"{stem}_*_rtt.csv")),
         counts=parse_counts_csv(one(f"{stem}_*_counts.csv")),
-        error_codes=parse_error_codes(one(f"{stem}_*_error_codes.log")),
+        error_codes=parse_error_codes(one(f"{stem}_*_error_codes.*")),
         errors=[e for e in errors if e.strip() and not e.startswith("The following events")],
     )
 
