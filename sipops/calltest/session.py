@@ -31,9 +31,10 @@ class Session:
         self.opts = opts
         self.run_id = secrets.token_hex(3)
         self._folders = itertools.count(1)
-        # SIP ports below the usual ephemeral range; media ports even (RTP convention), two apart.
+        # SIP ports below the usual ephemeral range; media ports four apart: sipp binds the port it is
+        # given and the one two above it (a second stream), and RTP ports are even by convention.
         self._sip = itertools.count(5070)
-        self._media = itertools.count(30000, 2)
+        self._media = itertools.count(30000, 4)
         self.processes: list[SippProcess] = []
 
     def folder(self, name: str) -> Path:

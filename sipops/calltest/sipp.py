@@ -133,8 +133,10 @@ class SippProcess:
         code = self.proc.returncode
         if code is None or code in SIPP_OK:
             return None
-        lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]
-        return f"sipp exited {code}: {lines[-1].strip() if lines else 'no output'}"
+        lines = [x.strip() for x in self.log.read_text(errors="replace").splitlines() if x.strip()]
+        # sipp's reason ("Unable to bind ...") comes before its closing screens.
+        telling = [x for x in lines if "Unable" in x or "rror" in x] or lines
+        return f"sipp exited {code}: {telling[0][:200] if telling else 'no output'}"
 
 
 @dataclass
