@@ -279,7 +279,7 @@ def save_overlay(inv_dir: Path, host: str, values: dict[str, Any]) -> Path:
     path = tuned_path(inv_dir, host)
     current: dict[str, Any] = {}
     if path.is_file():
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_located(path, _display(path)).data
         current = dict(loaded) if isinstance(loaded, dict) else {}
     current.update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def _apply_tuned(
 ) -> None:
     """The tune-tcp layer: validated like the inventory, on top of it."""
     path = tuned_path(inv_dir, hname)
-    if not path.is_file():
+    if not os.path.lexists(path):  # a directory or a broken link there is reported, not skipped
         return
     tdoc = load_located(path, _display(path))
     values = _vars(_Checker(tdoc), (), tdoc.data, specs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,42 @@ class HostRender:
     retired: list[RetiredFile] = field(default_factory=list)
 
 
+class _TemplateLoader(jinja2.FileSystemLoader):
+    """FileSystemLoader that reads through sipops.safefile (size cap, UTF-8, regular files only) and
+    takes anything by the name in the user's templates/ as theirs (a directory there is an error, not
+    a silent fallback to the packaged template)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+        from sipops.safefile import UnreadableFile, read_text
+
+        pieces = jinja2.loaders.split_template_path(template)
+        for base in self.searchpath:
+            filename = os.path.join(base, *pieces)
+            if os.path.lexists(filename):
+                break
+        else:
+            raise jinja2.TemplateNotFound(template)
+        try:
+            contents = read_text(filename)
+        except (UnreadableFile, FileNotFoundError) as exc:
+            message = exc.message if isinstance(exc, UnreadableFile) else "file not found"
+            line = exc.line if isinstance(exc, UnreadableFile) else None
+            raise InputError(f"template: {message}", file=_short(filename), line=line) from None
+        mtime = os.path.getmtime(filename)
+
+        def uptodate() -> bool:
+            try:
+                return os.path.getmtime(filename) == mtime
+            except OSError:
+                return False
+
+        return contents, os.path.normpath(filename), uptodate
+
+
 def environment(inv: Inventory) -> jinja2.Environment:
     dirs = [str(d) for d in search_dirs("templates", inv.dir)]
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(dirs),
+        loader=_TemplateLoader(dirs),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -187,7 +220,7 @@ def _template_error(exc: Exception, host: Host, fallback: str) -> InputError:
 
 def _short(path: str) -> str:
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
+        return str(Path(os.path.abspath(path)).relative_to(Path.cwd()))
     except ValueError:
         return path
 

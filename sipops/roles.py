@@ -6,6 +6,7 @@ packages, services, firewall ports, templates (each with its validator and handl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,9 @@ class RoleLibrary:
     def find(self, name: str) -> Path | None:
         for d in self.dirs:
             candidate = d / f"{name}.yaml"
-            if candidate.is_file():
+            # Anything by that name is the user's role, even a directory or a dangling link: loading it
+            # then names what is wrong instead of silently falling back to the packaged role.
+            if os.path.lexists(candidate):
                 return candidate
         return None
 

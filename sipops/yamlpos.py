@@ -74,18 +74,64 @@ def _error(file: str, node: yaml.Node, fld: str, message: str) -> Exception:
     return InputError(message, file=file, line=node.start_mark.line + 1, field=fld)
 
 
+# What a YAML input may expand to (the rule for every YAML file sipops reads, with sipops.safefile's size
+# cap): aliases and merge keys are allowed (`<<: *ssh_defaults`), but the document they expand to must
+# stay within MAX_NODES nodes and MAX_DEPTH levels; an alias to its own ancestor is refused. The check
+# runs on libyaml's node graph, where an alias is a shared node, so a "billion laughs" of a few hundred
+# bytes is measured (memoised per node) without being expanded. libyaml itself stops at 1000 levels.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
 def load_located(path: Path, display: str | None = None) -> Located:
-    """Parse a YAML file; a syntax error becomes an InputError naming file and line."""
+    """Parse a YAML file; any problem with it becomes an InputError naming file (and line)."""
     from sipops.errors import InputError
+    from sipops.safefile import UnreadableFile, read_text
 
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise InputError("file not found", file=name) from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=name) from None
+    except UnreadableFile as exc:
+        raise InputError(exc.message, file=name, line=exc.line) from None
     return load_located_text(text, name)
+
+
+def _check_graph(root: yaml.Node, name: str) -> None:
+    """Refuse a document whose expansion passes MAX_NODES or MAX_DEPTH, or that contains itself."""
+    from sipops.errors import InputError
+
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth below it)
+    active: set[int] = set()
+
+    def walk(node: yaml.Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise InputError("an alias refers to a node that contains it", file=name, line=node.start_mark.line + 1)
+        if level > MAX_DEPTH:
+            raise InputError(f"nested deeper than {MAX_DEPTH} levels", file=name, line=node.start_mark.line + 1)
+        total, depth = 1, 0
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            active.add(key)
+            children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+            for child in children:
+                n, d = walk(child, level + 1)
+                total += n
+                depth = max(depth, d + 1)
+                if total > MAX_NODES:
+                    raise InputError(
+                        f"expands to more than {MAX_NODES} YAML nodes (aliases?)",
+                        file=name,
+                        line=node.start_mark.line + 1,
+                    )
+            active.discard(key)
+        sizes[key] = (total, depth)
+        return total, depth
+
+    walk(root, 0)
 
 
 def load_located_text(text: str, name: str) -> Located:
@@ -98,12 +144,17 @@ def load_located_text(text: str, name: str) -> Located:
         if node is None:
             out.data = None
             return out
+        _check_graph(node, name)
         out.data = _construct(node, (), out, loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise InputError(f"YAML syntax error: {problem}", file=name, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        char = f" (character #x{exc.character:04x})" if isinstance(exc.character, int) else ""
+        raise InputError(f"YAML error: {exc.reason}{char}", file=name, line=line) from None
     except yaml.YAMLError as exc:
         raise InputError(f"YAML error: {exc}", file=name) from None
     finally:

@@ -22,6 +22,7 @@ PACKAGE_ROOT = Path(sipops.__file__).resolve().parent
 MODULES = (
     "sipops",
     "sipops.sip",
+    "sipops.safefile",
     "sipops.monitor",
     "sipops.monitor.sockdiag",
     "sipops.monitor.procnet",

@@ -171,14 +171,23 @@ def config_from_dict(data: dict[str, Any], source: str = "health config") -> Hea
 
 def load_config(path: Path = DEFAULT_CONFIG) -> HealthConfig:
     """Read health.json; a missing file gives the defaults (no sockets: the socket checks say so)."""
+    from sipops.safefile import UnreadableFile, read_text
+
     try:
-        text = path.read_text()
+        text = read_text(path)  # size cap, regular file, UTF-8: sipops.safefile's rule
     except FileNotFoundError:
         return HealthConfig()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnreadableFile as exc:
+        raise ConfigError(f"{path}{'' if exc.line is None else f':{exc.line}'}: {exc.message}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    return config_from_dict(data, str(path))
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise ConfigError(f"{path}: nested too deeply") from None
+    try:
+        return config_from_dict(data, str(path))
+    except (TypeError, AttributeError, ValueError) as exc:
+        # config_from_dict names the keys it knows to be wrong; this is for shapes it does not expect
+        # (a number where a list goes...) in a file edited by hand: still one line, never a traceback.
+        raise ConfigError(f"{path}: unexpected content ({exc})") from None
