@@ -65,6 +65,8 @@ def register(s: Session, t: Target, transport: str) -> CheckResult:
 
 
 def wrong_password(s: Session, t: Target, transport: str) -> CheckResult:
+    if not s.opts.accounts:
+        return skipped(t.name, "wrong-password", transport, "registrar_auth is on and no accounts were named")
     account = s.phone(0)
     bad = Account(account.user, account.password + "-wrong")
     proc, out = s.register(t, transport, [(bad, f"{s.caller.address}:{s.sip_port()}")], expect=401)
@@ -215,6 +217,8 @@ def judge_call(
 
 
 def unknown_user(s: Session, t: Target, transport: str) -> CheckResult:
+    if t.vars.get("registrar_auth") and not s.opts.accounts:
+        return skipped(t.name, "unknown-user", transport, "registrar_auth is on and no accounts were named")
     caller = s.phone(0)
     folder = s.folder(f"{t.name}-unknown-{transport}")
     uac = s.render(
