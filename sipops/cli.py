@@ -76,6 +76,8 @@ def render(
     except InputError as exc:
         bad_input(exc)
     for res in results:
+        for warning in res.warnings:
+            typer.echo(f"sipops: warning: {warning}", err=True)
         if list_only:
             typer.echo(f"{res.host.name}:")
             for f in res.files:

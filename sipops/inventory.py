@@ -10,11 +10,13 @@ Variables are replaced whole at each level (a list or mapping is not merged).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sipops.errors import InputError
+from sipops.netcheck import check_wide
 from sipops.roles import Role, RoleLibrary
 from sipops.types import BadValue, FieldSpec, check_bool, check_host, check_int, check_port, check_str, suggest
 from sipops.yamlpos import Located, dotted, load_located
@@ -25,6 +27,9 @@ _TOP_KEYS = ["defaults", "groups", "hosts"]
 _DEFAULTS_KEYS = ["ssh", "vars"]
 _GROUP_KEYS = ["members", "roles", "vars", "ssh"]
 _HOST_KEYS = ["address", "ssh", "roles", "vars"]
+# Host and group names: directory and file names (render -o DIR/<host>, tuned/<host>.yaml) and words in
+# rendered files (comments, the OpenSIPS startup log line).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _SSH_KEYS = ["user", "port", "key", "known_hosts", "jump", "connect_timeout", "agent"]
 
 
@@ -46,6 +51,7 @@ class Origin:
     level: str  # "role registrar", "defaults", "group edge", "host sip1"
     file: str
     line: int
+    path: tuple[str | int, ...] = ()  # of the value in `file` (inventory layers), for lines of list entries
 
     def __str__(self) -> str:
         return f"{self.level} ({self.file}:{self.line})"
@@ -181,6 +187,11 @@ def load_inventory(path: Path) -> Inventory:
     default_vars = _vars(chk, ("defaults", "vars"), defaults.get("vars"), specs)
 
     raw_hosts = chk.mapping(("hosts",), top["hosts"], list(top["hosts"]))
+    for name in [*raw_hosts, *(top.get("groups") or {} if isinstance(top.get("groups"), dict) else {})]:
+        section = "hosts" if name in raw_hosts else "groups"
+        if not _NAME.fullmatch(name):
+            raise chk.fail((section, name), f"'{name[:60]}' is not a valid name: letters, digits, '.', '_' and '-' "
+                           "(it becomes a file name and appears in rendered files)")  # fmt: skip
     raw_groups = top.get("groups") or {}
     if not isinstance(raw_groups, dict):
         raise chk.fail(("groups",), "expected a mapping of group name to group")
@@ -235,6 +246,7 @@ def load_inventory(path: Path) -> Inventory:
                 )
         merged, origins = _merge(doc, hname, role_objs, default_vars, member_of, host_vars)
         _apply_tuned(inv_dir, hname, specs, merged, origins)
+        check_wide(merged, lambda var, i, o=origins: _entry_where(doc, o[var], var, i))
         for r in role_objs:
             for vname, spec in r.vars.items():
                 if spec.required and merged.get(vname) is None:
@@ -309,6 +321,14 @@ def _apply_tuned(
             origins[vname] = Origin(level, tdoc.file, tdoc.line((vname,)) or 0)
 
 
+def _entry_where(doc: Located, origin: Origin, var: str, i: int) -> tuple[str, int, str]:
+    """file, line and field of entry i of a list variable, for an error about that entry."""
+    if origin.path and origin.file == doc.file:
+        entry = (*origin.path, i)
+        return doc.file, doc.line(entry) or origin.line, dotted(entry)
+    return origin.file, origin.line, f"{var}[{i}]"
+
+
 def _display(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -364,5 +384,5 @@ def _merge(
             if vname not in own:
                 continue
             merged[vname] = value
-            origins[vname] = Origin(level, doc.file, doc.line((*path, vname)) or 0)
+            origins[vname] = Origin(level, doc.file, doc.line((*path, vname)) or 0, (*path, vname))
     return merged, origins

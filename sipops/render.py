@@ -12,7 +12,9 @@ from typing import Any
 import jinja2
 
 from sipops.errors import InputError
+from sipops.escape import FILTERS
 from sipops.inventory import Host, Inventory
+from sipops.netcheck import overlap_warnings
 from sipops.opensips import layout
 from sipops.paths import cache_dir, search_dirs
 
@@ -48,6 +50,7 @@ class HostRender:
     files: list[RenderedFile]
     handlers: dict[str, str]  # name -> command, for the handlers any file may notify
     retired: list[RetiredFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth a look, not an error (overlapping allowlists)
 
 
 class _TemplateLoader(jinja2.FileSystemLoader):
@@ -93,6 +96,7 @@ def environment(inv: Inventory) -> jinja2.Environment:
         autoescape=False,
         bytecode_cache=_bytecode_cache(),
     )
+    env.filters.update(FILTERS)  # escaping per target: sipops.escape
     env.tests["ipv6"] = _is_ipv6
     env.tests["ipv4"] = _is_ipv4
     return env
@@ -275,7 +279,8 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
                 dest, text.encode(), t.mode, owner, group, validate, t.notify, t.src, t.notify_routes
             )
     gone = [retired[d] for d in sorted(retired) if d not in files]  # another template may still render it
-    return HostRender(host, [files[d] for d in sorted(files)], handlers, gone)
+    warnings = overlap_warnings(host.name, host.vars)
+    return HostRender(host, [files[d] for d in sorted(files)], handlers, gone, warnings)
 
 
 def write_tree(out_dir: Path, rendered: HostRender) -> list[Path]:

@@ -97,21 +97,6 @@ def check_cidr(value: Any) -> str:
         raise BadValue(f"'{value}' is not a valid CIDR ({exc})") from None
 
 
-def check_path(value: Any) -> str:
-    text = check_str(value)
-    if not text.startswith(("/", "~")):
-        raise BadValue(f"'{text}' is not an absolute path")
-    return text
-
-
-def check_url(value: Any) -> str:
-    """An http:// or https:// URL with a host and no spaces (it may end up in an apt sources line)."""
-    text = check_str(value)
-    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", text):
-        raise BadValue(f"'{text}' is not an http:// or https:// URL")
-    return text
-
-
 def check_size(value: Any) -> int:
     """Memory size in MB: 512 or '512M' or '2G'."""
     if isinstance(value, str):
@@ -122,17 +107,23 @@ def check_size(value: Any) -> int:
     return check_int(value)
 
 
+def check_any_str(value: Any) -> str:
+    """`str`: any string but a NUL, which no file format can hold (the sipops.kinds say more)."""
+    text = check_str(value)
+    if "\x00" in text:
+        raise BadValue("a string must not contain NUL characters")
+    return text
+
+
 SCALARS: dict[str, Callable[[Any], Any]] = {
-    "str": check_str,
+    "str": check_any_str,
     "int": check_int,
     "bool": check_bool,
     "port": check_port,
     "ip": check_ip,
     "host": check_host,
     "cidr": check_cidr,
-    "path": check_path,
     "size": check_size,
-    "url": check_url,
 }
 
 
@@ -276,3 +267,24 @@ def parse_field(spec: Any, name: str) -> FieldSpec:
             raise BadValue(unknown_key(key, sorted(allowed)).message, (name, key))
     tspec = parse_type({k: v for k, v in spec.items() if k in ("type", "fields", "items")})
     return FieldSpec(tspec, bool(spec.get("required", False)), spec.get("default"), str(spec.get("doc", "")))
+
+
+# The string kinds by where a value lands (sipops.kinds), `path` and `url` among them.
+from sipops import kinds as _kinds  # noqa: E402
+
+SCALARS.update(
+    path=_kinds.check_path_strict,
+    url=_kinds.check_strict_url,
+    text=_kinds.check_text,
+    token=_kinds.check_token,
+    hostnet=_kinds.check_hostnet,
+    sipuri=_kinds.check_sipuri,
+    regex=_kinds.check_regex,
+    duration=_kinds.check_duration,
+    logsize=_kinds.check_logsize,
+    dburl=_kinds.check_dburl,
+    urlpath=_kinds.check_url_or_path,
+    command=_kinds.check_command,
+    sysctl=_kinds.check_sysctl,
+    resources=_kinds.check_resources,
+)

@@ -6,6 +6,7 @@ Also the plain functions behind `sipops diff`, `push` and `rollback` (cli.py sta
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,6 +88,9 @@ def render_all(t: Target) -> list[HostRender]:
     env = environment(t.inv)
     rendered = [render_host(t.inv, h, env) for h in t.hosts]
     check_rendered(rendered, None)
+    for r in rendered:
+        for w in r.warnings:
+            print(f"sipops: warning: {w}", file=sys.stderr)
     return rendered
 
 
