@@ -127,7 +127,7 @@ def targets(inv: Inventory, names: list[str]) -> list[Target]:
     return out
 
 
-def _netns_address(netns: str, toward: str | None) -> str:
+def _netns_address(netns: str) -> str:
     argv = ["ip", "-n", netns, "-4", "-o", "addr", "show", "scope", "global"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     if proc.returncode != 0:
@@ -139,7 +139,7 @@ def _netns_address(netns: str, toward: str | None) -> str:
 
 
 def netns_place(netns: str, name: str | None = None) -> Place:
-    return Place(name or f"netns {netns}", _netns_address(netns, None), ("ip", "netns", "exec", netns))
+    return Place(name or f"netns {netns}", _netns_address(netns), ("ip", "netns", "exec", netns))
 
 
 def local_place(toward: str) -> Place:

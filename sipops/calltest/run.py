@@ -28,7 +28,7 @@ from sipops.calltest.plan import (
 from sipops.calltest.report import CheckResult, exit_code, line, skipped, summary, write_json
 from sipops.calltest.scenarios import environment, find_audio_pcap
 from sipops.calltest.session import Session
-from sipops.calltest.sipp import Place, sipp_binary
+from sipops.calltest.sipp import sipp_binary
 from sipops.errors import ExitCode, InputError
 from sipops.inventory import Inventory, load_inventory, resolve_inventory_path
 
@@ -147,6 +147,9 @@ def calltest(req: Request, out: TextIO = sys.stdout) -> ExitCode:
             out.write(line(r) + "\n")
             out.flush()
 
+    if not req.as_json:
+        where = [x for x in (p.opts.caller, p.opts.callee) if x is not None]
+        out.write("calltest: phones in " + " and ".join(f"{w.name} ({w.address})" for w in where) + "\n")
     with tempfile.TemporaryDirectory(prefix="sipops-calltest-") as tmp:
         workdir = req.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,3 @@ def calltest(req: Request, out: TextIO = sys.stdout) -> ExitCode:
     else:
         out.write("\n".join(summary(results)) + "\n")
     return exit_code(results)
-
-
-def describe_places(opts: Options) -> list[Place]:
-    return [p for p in (opts.caller, opts.callee) if p is not None]

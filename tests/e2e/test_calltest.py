@@ -30,7 +30,7 @@ from sipops.lab.state import LabState
 from .conftest import lab_skip_reason
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_opensips]
-NETWORK = IPv4Network("198.18.144.0/20")  # no other test lab's range
+NETWORK = IPv4Network("198.18.96.0/20")  # no other test lab's range (bench/calls.py: 198.18.112.0/20)
 ACCOUNTS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
 
 # A subscriber row as `sipops users` (or opensips-cli) writes it: HA1 only, realm = the registrar's
