@@ -79,7 +79,7 @@ def check_regex(value: Any) -> str:
     """A regular expression (POSIX extended, as OpenSIPS matches them); no double quotes."""
     text = _string(value, "a regular expression", 256)
     if '"' in text:
-        raise BadValue(f"'{text}': a regular expression here must not contain double quotes (use \\x22)")
+        raise BadValue(f"'{text}': a regular expression here must not contain double quotes")
     try:
         re.compile(text)
     except re.error as exc:
