@@ -424,6 +424,11 @@ from sipops.calltest.cli import register as _register_calltest_command  # noqa: 
 
 _register_calltest_command(app)  # calltest
 
+# users: digest accounts on registrars, as HA1 in their database (sipops/users/cli.py).
+from sipops.users.cli import users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
+
 
 def run() -> None:
     """Console-script entry point."""
