@@ -258,7 +258,7 @@ class SigningKey:
         self.fingerprint = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
 
     def _gpg(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        argv = ["gpg", "--homedir", str(self.home), "--batch", "--quiet", "--pinentry-mode", "loopback"]
+        argv = ["gpg", "--homedir", str(self.home), "--batch", "--yes", "--quiet", "--pinentry-mode", "loopback"]
         argv += ["--passphrase", "", *args]
         return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120)
 

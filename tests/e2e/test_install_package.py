@@ -68,7 +68,9 @@ class PackageLab:
     dir: Path
     debs: debrepo.Debs
     repo_url: str
+    repo_dir: Path
     key_file: Path
+    stranger: debrepo.SigningKey
     refused: subprocess.CompletedProcess[str] | None = None
     after_refusal: str = ""  # dpkg's word on opensips between the refused and the good install
     installed: subprocess.CompletedProcess[str] | None = None
@@ -92,13 +94,15 @@ class PackageLab:
         argv = [*SIPOPS, *args, "-i", str(self.inventory)]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False)
 
-    def use_repository(self, url: str, line: str | None = None, *, database: bool = True) -> None:
+    def use_repository(
+        self, url: str, line: str | None = None, *, key_url: str | None = None, database: bool = True
+    ) -> None:
         data = yaml.safe_load(self.inventory.read_text())
         data["hosts"]["h1"]["vars"] = {
             "opensips_install": "package",
             "opensips_version": line or self.debs.line,
             "opensips_apt_url": url,
-            "opensips_apt_key_url": f"{self.repo_url}/{self.key_file.name}",
+            "opensips_apt_key_url": key_url or f"{self.repo_url}/{self.key_file.name}",
             # sqlite (module, and 3.6's dbschema package) and the auth modules: every package the roles name.
             "registrar_persist": database,
             "registrar_auth": database,
@@ -138,7 +142,7 @@ def plab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         stack.callback(down, lab_dir, log=lambda _: None)
         bridge = str(LabState.load(lab_dir).naming.bridge_address)  # type: ignore[union-attr]
         base = stack.enter_context(debrepo.serve(repo, bridge))
-        lab = PackageLab(lab_dir, debs, base, key_file)
+        lab = PackageLab(lab_dir, debs, base, repo, key_file, stranger)
         # Lab hosts send apt's HTTP through the lab proxy, which forwards to the Debian mirror only;
         # the test repository on the bridge is reached directly (as a mirror on a user's LAN would be).
         conf = f'Acquire::http::Proxy::{bridge} "DIRECT";\n'
@@ -246,6 +250,22 @@ def test_health_is_ok(plab: PackageLab) -> None:
 def test_a_second_install_changes_nothing(plab: PackageLab) -> None:
     res = plab.sipops("install", "h1")
     assert res.returncode == 0 and "h1  no changes" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_rotated_key_at_a_new_url_replaces_the_keyring_and_apt_trusts_the_repository(plab: PackageLab) -> None:
+    # The repository re-signed with a new key published at a new URL: the changed opensips_apt_key_url
+    # fetches it (a kept old keyring would make apt refuse every later update of the repository).
+    debrepo.write_repository(plab.repo_dir, plab.debs, plab.stranger)
+    rotated = plab.repo_dir / "rotated.gpg"
+    plab.stranger.export(rotated)
+    plab.use_repository(plab.repo_url, key_url=f"{plab.repo_url}/{rotated.name}")
+    res = plab.sipops("install", "h1")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and f"changed repository key from {plab.repo_url}/rotated.gpg" in out, out
+    keyring = plab.exec("h1", "sha256sum", KEYRING).stdout.split()[:1]
+    assert keyring == [hashlib.sha256(rotated.read_bytes()).hexdigest()]
+    update = plab.exec("h1", "apt-get", "update", timeout=180)
+    assert update.returncode == 0 and "NO_PUBKEY" not in update.stdout + update.stderr, update.stdout + update.stderr
 
 
 def test_an_installed_opensips_of_another_line_fails_the_version_check(plab: PackageLab) -> None:
