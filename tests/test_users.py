@@ -269,3 +269,22 @@ def test_a_group_or_all_takes_its_registrars_and_skips_the_others(inventory: Pat
         registrars(inv, ["all"], writing=True)
     with pytest.raises(InputError, match="host lb1 has no registrar role"):
         registrars(inv, ["lb1"], writing=False)
+
+
+def test_the_python_api_sets_lists_and_removes_accounts_for_calltest(
+    inventory: Path, db: Path, runners: list[str], tmp_path: Path
+) -> None:
+    from sipops.users import UsersError, add_accounts, list_accounts, remove_accounts
+
+    inv = load_inventory(inventory)
+    add_accounts(inv, "reg1", [("ct-a", "pw-a"), ("ct-b", "pw-b")])
+    add_accounts(inv, inv.hosts["reg1"], [("ct-a", "pw-new")])  # a temporary account is replaced, not refused
+    assert list_accounts(inv, "reg1") == [("ct-a", "198.51.100.10"), ("ct-b", "198.51.100.10")]
+    assert rows(db)[0][3] == hashes("ct-a", "198.51.100.10", "pw-new")["ha1"]
+    remove_accounts(inv, "reg1", ["ct-a", "ct-b", "ct-gone"])
+    assert rows(db) == []
+    with pytest.raises(InputError, match="registrar_auth is off on plain"):
+        add_accounts(inv, "plain", [("ct-a", "pw")])
+    db.unlink()
+    with pytest.raises(UsersError, match=r"reg1: .*no database"):
+        list_accounts(inv, "reg1")
