@@ -288,3 +288,18 @@ def test_the_python_api_sets_lists_and_removes_accounts_for_calltest(
     db.unlink()
     with pytest.raises(UsersError, match=r"reg1: .*no database"):
         list_accounts(inv, "reg1")
+
+
+def test_registrars_sharing_a_mysql_server_must_share_the_realm(write_inventory: Callable[[str], Path]) -> None:
+    text = """
+    hosts:
+      e1: {address: 198.51.100.1, roles: [registrar], vars: {registrar_auth: true, db_url: "mysql://o:p@db9/opensips"}}
+      e2: {address: 198.51.100.2, roles: [registrar], vars: {registrar_auth: true, db_url: "mysql://o:p@db9/opensips"}}
+      e3: {address: 198.51.100.3, roles: [registrar], vars: {registrar_auth: true, db_url: "mysql://o:p@localhost/opensips"}}
+      e4: {address: 198.51.100.4, roles: [registrar], vars: {registrar_auth: true, db_url: "mysql://o:p@localhost/opensips"}}
+    """
+    inv = load_inventory(write_inventory(text))
+    with pytest.raises(InputError, match=r"e1 and e2 share mysql://o@db9:3306/opensips but their realms differ"):
+        registrars(inv, ["e1", "e2"], writing=True)
+    assert len(registrars(inv, ["e1", "e2"], writing=False)) == 2  # list and remove are fine
+    assert len(registrars(inv, ["e3", "e4"], writing=True)) == 2  # each host's own server

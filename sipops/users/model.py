@@ -18,6 +18,7 @@ USER_RE = re.compile(r"^[A-Za-z0-9_.!~*+-]{1,64}$")
 MAX_REALM = 64  # the subscriber table's domain column
 MAX_PASSWORD = 256
 SCHEMES = ("sqlite", "mysql")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # a database of each host's own, even when the URLs match
 
 
 def check_user(name: str) -> str:
@@ -117,7 +118,22 @@ def registrars(inv: Inventory, patterns: list[str], *, writing: bool) -> list[Re
     picked = [h for h in hosts if h.name in named or "registrar" in h.roles]
     if not picked:
         raise InputError(f"no registrar among {', '.join(patterns)}", file=inv.file, field="HOST")
-    return [registrar(inv, h, writing=writing) for h in picked]
+    regs = [registrar(inv, h, writing=writing) for h in picked]
+    # Registrars sharing one MySQL server keep one row per user: with different realms, each write would
+    # break the account for the others.
+    shared: dict[str, Registrar] = {}
+    for reg in regs:
+        if reg.db["scheme"] != "mysql" or reg.db["host"] in LOOPBACK:
+            continue
+        other = shared.setdefault(reg.where, reg)
+        if writing and other.realm != reg.realm:
+            raise InputError(
+                f"{other.name} and {reg.name} share {reg.where} but their realms differ ({other.realm},"
+                f" {reg.realm}): set the same auth_realm for both",
+                file=inv.file,
+                field="auth_realm",
+            )
+    return regs
 
 
 def account_request(reg: Registrar, action: str, accounts: list[tuple[str, str]]) -> dict[str, Any]:
