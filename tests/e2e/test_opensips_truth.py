@@ -176,6 +176,10 @@ def test_a_changed_gateway_address_is_what_opensips_runs_after_push(tlab: TruthL
     assert _uris(tlab.mi(method)) == {f"sip:{a1}:5060", f"sip:{a3}:5060"}  # the old a2 is gone
     if engine == "dispatcher":  # dispatcher probes every destination each second (lb probes only failed ones)
         assert f"OPTIONS from {tlab.address('h1')}" in _probes_reach(tlab, "a3")
+    # Calls reach the new address: calltest's callee for gw2 answers on a3 now.
+    call = tlab.sipops("calltest", "h1", "-t", "udp", "--no-media", "--dtmf", "", "--json")
+    spread = next(c for c in json.loads(call.stdout)["checks"] if c["check"] == "gateways")
+    assert spread["status"] == "ok" and spread["data"]["per_gateway"]["gw2"] > 0, spread
     gateways = _gateway_check(tlab)
     assert "differs" not in gateways["message"], gateways
 
