@@ -3,6 +3,7 @@ through each host's roles, or load mode; hands off to sipops.calltest.run / sipo
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,10 @@ from typing import Annotated
 import typer
 
 from sipops.errors import InputError
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +72,8 @@ def register(app: typer.Typer) -> None:
             as_json=as_json,
             keep=keep,
         )
+        # SIGTERM (a timeout around us, a service stop) unwinds like Ctrl-C: every sipp started is stopped.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             if rate is not None or calls is not None or concurrency is not None or duration is not None:
                 from sipops.calltest.load import LoadRequest, load
@@ -77,4 +84,7 @@ def register(app: typer.Typer) -> None:
         except InputError as exc:
             typer.echo(f"sipops: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except RuntimeError as exc:  # the test could not run (a callee that cannot register, nft failing)
+            typer.echo(f"sipops: calltest: {exc}", err=True)
+            raise typer.Exit(1) from None
         raise typer.Exit(code)
