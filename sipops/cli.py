@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click
+from typer.core import TyperGroup
 
 from sipops import __version__
 from sipops.errors import ExitCode, InputError
@@ -14,12 +16,42 @@ from sipops.errors import ExitCode, InputError
 # rich_markup_mode=None on every Typer app: plain help and usage errors. Rich's panels cost 0.1 s of
 # every --help and of every bad-argument exit (typer marks required arguments {LIKE...} in plain usage).
 
+
+class _OneLineUsageErrors(TyperGroup):
+    """Bad arguments are bad input like any other: one line naming the option, exit 2 (click prints the
+    usage, a hint and the error on three lines). Subcommands and sub-apps parse inside invoke()."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise _one_line(exc) from None
+
+
+class _OneLineError(UsageError):
+    def show(self, file: Any = None) -> None:
+        typer.echo(f"sipops: error: {self.format_message()}", err=True)
+
+
+def _one_line(exc: UsageError) -> UsageError:
+    if isinstance(exc, (NoArgsIsHelpError, _OneLineError)):
+        return exc  # `sipops lab` alone prints the help, as it should
+    return _OneLineError(" ".join(exc.format_message().split()), exc.ctx)
+
+
 app = typer.Typer(
     name="sipops",
     help="Take an OpenSIPS fleet from bare Linux hosts to tuned, monitored, protected production.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    cls=_OneLineUsageErrors,
 )
 inventory_app = typer.Typer(help="Inspect the inventory.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(inventory_app, name="inventory")
@@ -70,6 +102,8 @@ def render(
         hosts = inv.select(targets or ["all"])
         if not list_only and out is None:
             raise InputError("give an output directory with -o/--out, or --list", field="--out")
+        if out is not None and (out.exists() or out.is_symlink()) and not out.is_dir():
+            raise InputError(f"{out} exists and is not a directory", field="--out")
         env = environment(inv)
         results = [render_host(inv, h, env) for h in hosts]
         check_rendered(results, out)  # structural lint of each opensips.cfg; nothing is written if it fails
@@ -85,7 +119,10 @@ def render(
                 typer.echo(f"  {f.mode} {f.owner}:{f.group} {f.dest}{extra}")
         else:
             assert out is not None
-            written = write_tree(out, res)
+            try:
+                written = write_tree(out, res)
+            except OSError as exc:
+                bad_input(InputError(f"cannot write under {out}: {exc.strerror or exc}", field="--out"))
             typer.echo(f"{res.host.name}: {len(written)} files in {out / res.host.name}")
 
 
@@ -129,7 +166,7 @@ def inventory_show(
         typer.echo(f"  {k:<{width}}  {value:<40}  <- {h.origins[k]}")
 
 
-ForksOpt = Annotated[int, typer.Option("--forks", min=1, help="Hosts worked on in parallel")]
+ForksOpt = Annotated[int, typer.Option("--forks", min=1, max=256, help="Hosts worked on in parallel")]
 AcceptNewOpt = Annotated[
     bool, typer.Option("--accept-new-host-key", help="Record unknown host keys (changed keys are still refused)")
 ]
@@ -163,7 +200,7 @@ def logs(
     host: Annotated[str, typer.Argument(metavar="HOST", help="Host name")],
     inventory: InventoryOpt = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops)")] = False,
-    lines: Annotated[int, typer.Option("-n", "--lines", min=1, help="Lines to show")] = 50,
+    lines: Annotated[int, typer.Option("-n", "--lines", min=1, max=1_000_000, help="Lines to show")] = 50,
     accept_new_host_key: AcceptNewOpt = False,
 ) -> None:
     """Show the OpenSIPS log of HOST (its log_file, /var/log/opensips.log by default)."""
@@ -290,9 +327,24 @@ def cron_remove(
 # ---- push engine: diff / push / rollback (sipops.remote.fleet does the work) ----
 LocalOpt = Annotated[bool, typer.Option("--local", help="This machine, without SSH (name the one host to render)")]
 RootOpt = Annotated[str, typer.Option("--root", hidden=True, help="Tests: host paths live under this directory")]
-LockTimeoutOpt = Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for a running push")]
-GateTimeoutOpt = Annotated[float, typer.Option("--gate-timeout", min=1, help="Seconds services get to pass the gate")]
-KeepOpt = Annotated[int, typer.Option("--keep", min=1, help="Backups kept per host")]
+
+
+def _finite(value: float) -> float:
+    """FloatRange lets nan through (every comparison with it is false): refuse it, and inf, by name."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise typer.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
+LockTimeoutOpt = Annotated[
+    float,
+    typer.Option("--lock-timeout", min=0, max=3600, callback=_finite, help="Seconds to wait for a running push"),
+]
+GateTimeoutOpt = Annotated[
+    float,
+    typer.Option("--gate-timeout", min=1, max=3600, callback=_finite, help="Seconds services get to pass the gate"),
+]
+KeepOpt = Annotated[int, typer.Option("--keep", min=1, max=1000, help="Backups kept per host")]
 
 
 @app.command()
@@ -323,7 +375,9 @@ def push(
     targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
     forks: ForksOpt = 10,
-    serial: Annotated[int | None, typer.Option("--serial", min=1, help="N hosts at a time; stop on failure")] = None,
+    serial: Annotated[
+        int | None, typer.Option("--serial", min=1, max=10_000, help="N hosts at a time; stop on failure")
+    ] = None,
     check: Annotated[bool, typer.Option("--check", help="Say what would change; change nothing")] = False,
     lock_timeout: LockTimeoutOpt = 60,
     gate_timeout: GateTimeoutOpt = 20,
@@ -383,11 +437,20 @@ def install(
     raise typer.Exit(run_install(t, sys.stdout, forks=forks, check=check, skip=set(skip or []), opts=opts))
 
 
+def _stamp(value: str | None) -> str | None:
+    """A backup stamp as push makes them (sipops.remote.apply.new_stamp): it becomes a path on the host."""
+    import re
+
+    if value is not None and not re.fullmatch(r"[0-9]{8}T[0-9]{6}(\.[0-9]{3}Z-[0-9a-f]{4})?", value):
+        raise typer.BadParameter(f"'{value[:60]}' is not a backup stamp (see rollback --list)")
+    return value
+
+
 @app.command()
 def rollback(
     targets: Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)],
     inventory: InventoryOpt = None,
-    to: Annotated[str | None, typer.Option("--to", help="Backup stamp [default: the latest]")] = None,
+    to: Annotated[str | None, typer.Option("--to", callback=_stamp, help="Backup stamp [default: the latest]")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="List the backups on each host")] = False,
     lock_timeout: LockTimeoutOpt = 60,
     gate_timeout: GateTimeoutOpt = 20,

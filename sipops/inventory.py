@@ -155,7 +155,7 @@ def _ssh(chk: _Checker, path: tuple[str | int, ...], raw: Any, base: SshSpec, in
     for key, value in data.items():
         p = (*path, key)
         if key == "user":
-            out[key] = chk.value(p, check_str, value)
+            out[key] = chk.value(p, _check_ssh_user, value)
         elif key == "port":
             out[key] = chk.value(p, check_port, value)
         elif key == "connect_timeout":
@@ -165,10 +165,31 @@ def _ssh(chk: _Checker, path: tuple[str | int, ...], raw: Any, base: SshSpec, in
             expanded = Path(text).expanduser()
             out[key] = expanded if expanded.is_absolute() else (inv_dir / expanded)
         elif key == "jump":
-            out[key] = chk.value(p, check_str, value)
+            out[key] = chk.value(p, _check_jump, value)
         elif key == "agent":
             out[key] = chk.value(p, check_bool, value)
     return SshSpec(**out)
+
+
+def _check_ssh_user(value: Any) -> str:
+    text = check_str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", text):
+        raise BadValue(f"'{text[:60]}' is not a user name")
+    return text
+
+
+def _check_jump(value: Any) -> str:
+    """`[user@]host[:port]` or an inventory host name, checked now rather than at the first connection."""
+    text = check_str(value)
+    m = re.fullmatch(r"(?:([^@]+)@)?(\[[0-9A-Fa-f:.]+\]|[^:\[\]@]+)(?::([0-9]{1,5}))?", text)
+    if m is None:
+        raise BadValue(f"'{text[:60]}' is not [user@]host[:port]")
+    if m[1] is not None:
+        _check_ssh_user(m[1])
+    check_host(m[2])
+    if m[3] is not None:
+        check_port(m[3])
+    return text
 
 
 def load_inventory(path: Path) -> Inventory:

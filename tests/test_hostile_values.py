@@ -230,3 +230,20 @@ def test_opensips_accepts_the_cfg_hostile_values_render_to(tmp_path, field, how,
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         output = res.stdout + res.stderr
         assert res.returncode == 0 and "config file ok" in output, f"{field}={value!r}: {output}"
+
+
+@pytest.mark.parametrize(
+    ("ssh", "field"),
+    [
+        ({"user": "-oProxyCommand=touch /tmp/x"}, "ssh.user"),
+        ({"user": "a b"}, "ssh.user"),
+        ({"jump": "-oProxyCommand=x"}, "ssh.jump"),
+        ({"jump": "ops@bastion:99999"}, "ssh.jump"),
+        ({"jump": "a b@bastion"}, "ssh.jump"),
+    ],
+)
+def test_ssh_settings_that_could_become_options_are_refused_at_their_field(cli, tmp_path, ssh, field):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(yaml.safe_dump({"hosts": {"h1": {"address": "127.0.0.1", "ssh": ssh}}}))
+    code, _, err = cli("render", "all", "-i", inv, "--list")
+    assert code == 2 and len(err.splitlines()) == 1 and f"hosts.h1.{field}" in err, err

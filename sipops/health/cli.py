@@ -36,6 +36,17 @@ def check_options(fmt: str, checks: list[str] | None) -> None:
             raise InputError(f"unknown check '{name}'; one of {', '.join(CHECKS)}", field="--check")
 
 
+def _check_alert_cmd(alert_cmd: str | None) -> None:
+    from sipops.kinds import check_command
+    from sipops.types import BadValue
+
+    if alert_cmd is not None:
+        try:
+            check_command(alert_cmd)
+        except BadValue as exc:
+            raise InputError(exc.message, field="--alert-cmd") from None
+
+
 def health(
     out: TextIO,
     *,
@@ -54,6 +65,9 @@ def health(
 ) -> int:
     """Run the checks here (--local) or on HOST… over SSH; returns the Nagios exit code of the worst status."""
     check_options(fmt, checks)
+    _check_alert_cmd(alert_cmd)
+    if state_dir is not None and not state_dir.startswith("/"):
+        raise InputError(f"'{state_dir}' is not an absolute path", field="--state-dir")
     if local == bool(targets):
         raise InputError("give --local or HOST…, not both and not neither", field="HOST")
     if local:
@@ -110,6 +124,8 @@ def cron(
 ) -> int:
     """Install or remove the every-minute checks on HOST…; exit 1 when some host failed."""
     from sipops.health import cron as cronmod
+
+    _check_alert_cmd(alert_cmd)  # it goes to tuned/<host>.yaml as health_alert_cmd: the same rule now
 
     inv = load_inventory(resolve_inventory_path(inventory))
     hosts = inv.select(targets)
