@@ -149,6 +149,9 @@ def context(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -
         opensips=osl.as_dict(),
         fleet=fleet,
     )
+    from sipops import mediarelay  # relay sets and the relay's own settings (checked: InputError)
+
+    v.update(mediarelay.context(inv, host))
     env = env or environment(inv)
     ports = []
     for r in host.role_objs:

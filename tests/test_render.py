@@ -96,10 +96,11 @@ def test_a_role_beside_the_inventory_overrides_the_packaged_one(cli, write_inven
     inv = write_inventory(SMALL)
     (tmp_path / "roles").mkdir()
     packaged = (ROOT / "roles/proxy.yaml").read_text()
-    assert "\ntemplates:" not in packaged  # the proxy role brings only modules and a cfg partial
+    assert packaged.count("\ntemplates:\n") == 1  # the proxy role's own files: its media relay table
     (tmp_path / "roles/proxy.yaml").write_text(
-        packaged.replace("\nvars:\n", "\nvars:\n  motd: {type: str, default: hello}\n", 1)
-        + "\ntemplates:\n  - {src: motd.j2, dest: /etc/motd}\n"
+        packaged.replace("\nvars:\n", "\nvars:\n  motd: {type: str, default: hello}\n", 1).replace(
+            "\ntemplates:\n", "\ntemplates:\n  - {src: motd.j2, dest: /etc/motd}\n", 1
+        )
     )
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates/motd.j2").write_text("{{ motd }} from {{ roles | join(',') }}\n")
@@ -149,7 +150,7 @@ def test_a_bad_retire_is_one_line_naming_the_role_file_line_and_field(cli, write
     inv = write_inventory(SMALL)
     (tmp_path / "roles").mkdir()
     packaged = (ROOT / "roles/proxy.yaml").read_text()
-    (tmp_path / "roles/proxy.yaml").write_text(packaged + f"\ntemplates:\n  - {entry}\n")
+    (tmp_path / "roles/proxy.yaml").write_text(packaged.replace("\ntemplates:\n", f"\ntemplates:\n  - {entry}\n", 1))
     code, _, err = cli("render", "all", "-i", inv, "--list")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "roles/proxy.yaml:" in err and "retire" in err and message in err, err

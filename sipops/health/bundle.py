@@ -36,6 +36,8 @@ MODULES = (
     "sipops.health.sources",
     "sipops.health.checks",
     "sipops.health.checks_mi",
+    "sipops.health.ng",
+    "sipops.health.checks_relay",
     "sipops.health.runner",
     "sipops.health.formats",
     "sipops.health.agent",

@@ -29,6 +29,7 @@ CHECKS = (
     "watcher",
     "bans",
     "gateways",
+    "relays",
 )
 
 
@@ -85,6 +86,8 @@ class HealthConfig:
     gateway_engine: str | None = None  # dispatcher | load_balancer | None (no gateway check)
     # What the inventory says OpenSIPS runs: (set/group, URI); None: not known (no drift check).
     gateways: tuple[tuple[str, str], ...] | None = None
+    # Media relays (rtpengine ng sockets) this host uses or is: (name, address, port).
+    relays: tuple[tuple[str, str, int], ...] = ()
     state_dir: str = DEFAULT_STATE_DIR
     textfile_dir: str | None = None
     alert_cmd: str | None = None
@@ -98,6 +101,7 @@ class HealthConfig:
         out = [c for c in CHECKS if c in wanted]
         if not self.checks:
             skip = {"gateways"} if self.gateway_engine is None else set()
+            skip |= set() if self.relays else {"relays"}
             skip |= set() if self.watcher else {"watcher", "bans"}
             out = [c for c in out if c not in skip]
         return out
@@ -107,6 +111,7 @@ class HealthConfig:
         data["sockets"] = [{"proto": s.proto, "address": s.address, "port": s.port} for s in self.sockets]
         data["checks"] = list(self.checks)
         data["gateways"] = None if self.gateways is None else [list(g) for g in self.gateways]
+        data["relays"] = [list(r) for r in self.relays]
         data["thresholds"] = {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)}
         return data
 
@@ -146,6 +151,11 @@ def config_from_dict(data: dict[str, Any], source: str = "health config") -> Hea
     gateways = None
     if raw_gw is not None:
         gateways = tuple(_gateway(raw, f"{source}: gateways[{i}]") for i, raw in enumerate(raw_gw))
+    relays = []
+    for i, raw in enumerate(values.pop("relays", None) or []):
+        if not (isinstance(raw, list) and len(raw) == 3 and isinstance(raw[2], int) and not isinstance(raw[2], bool)):
+            raise ConfigError(f"{source}: relays[{i}]: expected [name, address, port]")
+        relays.append((str(raw[0]), str(raw[1]), raw[2]))
     raw_t = values.pop("thresholds", None) or {}
     names = {f.name for f in fields(Thresholds)}
     for key in raw_t:
@@ -163,6 +173,7 @@ def config_from_dict(data: dict[str, Any], source: str = "health config") -> Hea
         return HealthConfig(
             sockets=tuple(sockets),
             gateways=gateways,
+            relays=tuple(relays),
             thresholds=thresholds, checks=checks, **values
         )
     except TypeError as exc:

@@ -84,8 +84,12 @@ def install_plan(
     udp = sorted({s["port"] for s in sockets if s["proto"] == "udp"})
     tcp = sorted({s["port"] for s in sockets if s["proto"] != "udp"} | set(ctx["extra_tcp_ports"]))
     private = sorted({p["port"] for p in ports if p["from"] == "allowlist"})
+    deps = phases.dependencies(inp)
+    if "mediarelay" in host.roles:  # said where the operator looks: the relay does not use the kernel module
+        relay = "rtpengine-daemon: userspace forwarding (the kernel forwarding module is not used)"
+        deps.note = f"{deps.note}; {relay}" if deps.note else relay
     plan = [
-        phases.dependencies(inp),
+        deps,
         phases.opensips(inp),
         phases.directories(inp.layout),
         services.limits_check(in_container),
