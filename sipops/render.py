@@ -53,6 +53,11 @@ class HostRender:
     warnings: list[str] = field(default_factory=list)  # worth a look, not an error (overlapping allowlists)
 
 
+# Ten times the largest packaged template: Jinja compiles ~100 KiB of expressions a second, so the cap is
+# what keeps a hostile template's compile (run before any error could be reported) well under a second.
+TEMPLATE_MAX_BYTES = 64 * 1024
+
+
 class _TemplateLoader(jinja2.FileSystemLoader):
     """FileSystemLoader that reads through sipops.safefile (size cap, UTF-8, regular files only) and
     takes anything by the name in the user's templates/ as theirs (a directory there is an error, not
@@ -69,7 +74,7 @@ class _TemplateLoader(jinja2.FileSystemLoader):
         else:
             raise jinja2.TemplateNotFound(template)
         try:
-            contents = read_text(filename)
+            contents = read_text(filename, TEMPLATE_MAX_BYTES)
         except (UnreadableFile, FileNotFoundError) as exc:
             message = exc.message if isinstance(exc, UnreadableFile) else "file not found"
             line = exc.line if isinstance(exc, UnreadableFile) else None
@@ -199,7 +204,7 @@ def _names(v: dict[str, Any], host: Host, key: str) -> list[str]:
         for entry in getattr(r, key):
             try:
                 text = _from_string(env, entry).render(v) if "{" in entry else entry
-            except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
+            except (jinja2.TemplateError, TypeError, ValueError, KeyError, RecursionError) as exc:
                 raise InputError(f"{key} entry {entry!r}: {exc} (host {host.name})", file=r.file, field=key) from None
             out += [n for n in text.replace(",", " ").split() if n not in out]
     return out
@@ -235,7 +240,7 @@ def _short(path: str) -> str:
 def _expr(env: jinja2.Environment, text: str, ctx: dict[str, Any], where: str, host: Host) -> str:
     try:
         return _from_string(env, text).render(ctx)
-    except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, RecursionError) as exc:
         raise _template_error(exc, host, where) from None
 
 
@@ -272,7 +277,7 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
                 text = env.get_template(t.src).render(ctx)
             except jinja2.TemplateNotFound as exc:
                 raise InputError(f"template '{exc.name}' not found", file=r.file, line=t.line, field="src") from None
-            except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
                 raise _template_error(exc, host, t.src) from None
             validate = _expr(env, t.validate, ctx, where, host) if t.validate else None
             # A later role may replace an earlier role's file (e.g. a user's role overriding one path).

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data" / "hostile"
-TIMEOUT_S = 10  # generous for a loaded 2-core machine; the reads themselves are bounded by their caps
+TIMEOUT_S = 5  # generous for a loaded 2-core machine; each case takes a few tenths of a second here
 MEMORY_BYTES = 1 << 30  # address space of the child: the interpreter and typer take a fraction of it
 
 INVENTORY = "hosts:\n  h1:\n    address: 192.0.2.1\n"
@@ -68,6 +68,10 @@ def _over_cap(path: Path) -> None:
     path.write_text("# " + "x" * (2 * 1024 * 1024) + "\n")  # real bytes, just over the 1 MiB cap
 
 
+def _many_nodes(path: Path) -> None:
+    path.write_text("x: [" + "a," * 500_000 + "a]\n")  # just under the size cap, 500k nodes to compose
+
+
 def _loop(path: Path) -> None:
     path.symlink_to(path.name)
 
@@ -83,6 +87,7 @@ def _fifo(path: Path) -> None:
 MAKERS: dict[str, Callable[[Path], None]] = {
     "huge": _huge,
     "over_cap": _over_cap,
+    "many_nodes": _many_nodes,
     "symlink_loop": _loop,
     "directory": _directory,
     "fifo": _fifo,
@@ -123,6 +128,22 @@ def test_what_is_not_a_readable_file_is_one_line_and_exit_2(tmp_path: Path, wher
     target, name = _place(tmp_path, where)
     MAKERS[kind](target)
     assert_refused(_render(tmp_path, where), name, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{% if true %}" * 3000, "template error"),  # Jinja's parser recurses once per level
+        ("{{ inventory_hostname }}" * 4000, "file too large"),  # compiling it would take seconds
+    ],
+    ids=["deep_nesting", "too_many_expressions"],
+)
+def test_a_hostile_template_is_one_line_and_exit_2(tmp_path: Path, source: str, expected: str) -> None:
+    target, name = _place(tmp_path, "template")
+    target.write_text(source)
+    proc = _render(tmp_path, "template")
+    assert_refused(proc, name, tmp_path / "out")
+    assert expected in proc.stderr
 
 
 def test_a_template_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
