@@ -3,7 +3,6 @@
 The kinds of sipops.kinds keep structured values (names, paths, durations, URIs) free of anything a
 target treats specially; these filters are for what is left: free text and command lines.
 - `cfg_str`: inside a double-quoted opensips.cfg string (cfg.lex unescapes \\\\ and \\" there).
-- `comment`: the rest of a `#` comment line in any file (line breaks would end the comment).
 - `dbtext`: one db_text column (dbt_file.c: \\ escapes \\, :, newline, CR, tab and NUL).
 - `cron_argv`, `systemd_argv`: a command line (shell words) so that the program gets exactly the
   words the inventory wrote: shell-quoted for cron (which also treats % specially), quoted by systemd's
@@ -16,18 +15,12 @@ import re
 import shlex
 from typing import Any
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 def cfg_str(value: Any) -> str:
     text = str(value)
     if "\x00" in text:
         raise ValueError("a NUL cannot be placed in an opensips.cfg string")
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-
-
-def comment(value: Any) -> str:
-    return _CONTROL.sub(" ", str(value))
 
 
 def dbtext(value: Any) -> str:
@@ -63,7 +56,6 @@ def systemd_argv(value: Any) -> str:
 
 FILTERS = {
     "cfg_str": cfg_str,
-    "comment": comment,
     "dbtext": dbtext,
     "cron_argv": cron_argv,
     "systemd_argv": systemd_argv,

@@ -7,6 +7,7 @@ packages, services, firewall ports, templates (each with its validator and handl
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sipops.types import BadValue, FieldSpec, parse_field, unknown_key
 from sipops.yamlpos import Located, dotted, load_located
 
 BASE_ROLE = "common"
+_ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,8 @@ class RoleLibrary:
     def available(self) -> list[str]:
         names: set[str] = set()
         for d in self.dirs:
-            names.update(p.stem for p in d.glob("*.yaml"))
+            # A role's name lands in opensips.cfg (a comment, the startup log line): only plain names count.
+            names.update(p.stem for p in d.glob("*.yaml") if _ROLE_NAME.fullmatch(p.stem))
         return sorted(names)
 
     def find(self, name: str) -> Path | None:

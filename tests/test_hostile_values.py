@@ -247,3 +247,12 @@ def test_ssh_settings_that_could_become_options_are_refused_at_their_field(cli, 
     inv.write_text(yaml.safe_dump({"hosts": {"h1": {"address": "127.0.0.1", "ssh": ssh}}}))
     code, _, err = cli("render", "all", "-i", inv, "--list")
     assert code == 2 and len(err.splitlines()) == 1 and f"hosts.h1.{field}" in err, err
+
+
+def test_a_role_file_whose_name_could_not_sit_in_the_cfg_is_not_a_role(cli, tmp_path):
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "roles" / 'evil"$x.yaml').write_text("description: x\n")
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(yaml.safe_dump({"hosts": {"h1": {"address": "127.0.0.1", "roles": ['evil"$x']}}}))
+    code, _, err = cli("render", "all", "-i", inv, "--list")
+    assert code == 2 and len(err.splitlines()) == 1 and "unknown role" in err, err
