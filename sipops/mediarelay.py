@@ -288,7 +288,9 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
                          **_where(host, "relay_ng_listen"))  # fmt: skip
     calls = v.get("relay_calls")
     sized_for = int(calls) if calls is not None else calls_for_range(lo, hi)
-    fds = max(fds_for_calls(sized_for), 65536)
+    from sipops.tuning.calc import relay_sizing  # the one sizing rule, shared with tune-tcp --calls
+
+    fds = relay_sizing(sized_for, lo, hi).open_files
     reason = (
         f"relay_calls {calls}" if calls is not None else f"the {calls_for_range(lo, hi)} calls the port range holds"
     )
@@ -310,3 +312,15 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
     if all(r[1:] != own[1:] for r in out["relay_health"]):
         out["relay_health"] = out["relay_health"] + [own]
     return out
+
+
+def check_calls(host: Host, calls: int) -> None:
+    """tune-tcp --calls on a relay host: its port range must hold the calls (else one line, exit 2)."""
+    lo, hi = int(host.vars["relay_port_min"]), int(host.vars["relay_port_max"])
+    if calls_for_range(lo, hi) < calls:
+        var = "relay_port_max" if _from_inventory(host, "relay_port_max") else "relay_port_min"
+        raise InputError(
+            f"--calls {calls} needs {ports_for_calls(calls)} RTP ports ({PORTS_PER_CALL} per call); host {host.name}'s "
+            f"range {lo}-{hi} holds {calls_for_range(lo, hi)} calls: widen relay_port_min..relay_port_max",
+            **_where(host, var),
+        )

@@ -324,3 +324,33 @@ def test_the_relay_check_reports_up_sessions_down_and_all_down(ng_responder):
     result = check_relays(HealthConfig(relays=(down,)), None, {})  # type: ignore[arg-type]
     assert result.status == Status.CRITICAL and "every media relay is down" in result.message
     assert "relays" not in HealthConfig().enabled() and "relays" in HealthConfig(relays=(up,)).enabled()
+
+
+def _relay_only(tmp_path: Path, **relay: Any) -> Path:
+    path = tmp_path / "relay.yaml"
+    data = {"hosts": {RELAY: {"address": "192.0.2.20", "roles": ["mediarelay"], "vars": relay}}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_tune_tcp_sizes_a_relay_for_its_calls_and_pushes_rtpengines_limit(monkeypatch, tmp_path):
+    from tests.test_tune_cli import SYSCTL, FakeHost, _cli, _probe
+
+    fake = FakeHost(_probe(SYSCTL), _probe(SYSCTL))
+    args = (RELAY, "-i", str(_relay_only(tmp_path)), "--local", "--max-connections", "2000", "--calls", "2000")
+    code, out = _cli(monkeypatch, fake, *args, "--check")
+    assert code == 0, out
+    assert (
+        "media relay: 2000 calls need 8000 RTP ports; range 30000-40000 has 10001 (fits); rtpengine LimitNOFILE 65536"
+        in out
+    )
+    assert "/etc/systemd/system/rtpengine-daemon.service.d/sipops.conf" in out
+
+
+def test_tune_tcp_refuses_more_calls_than_the_relay_range_holds(tmp_path):
+    inv = _relay_only(tmp_path, relay_port_max=30999)
+    res = CliRunner().invoke(app, ["tune-tcp", RELAY, "-i", str(inv), "--local", "--calls", "300"])
+    assert res.exit_code == 2, res.stdout + res.stderr
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "relay.yaml:" in err and "relay_port_max" in err, err
+    assert "--calls 300 needs 1200 RTP ports (4 per call); host rly1's range 30000-30999 holds 250 calls" in err

@@ -320,3 +320,30 @@ def template_vars(targets: list[Target], inventory_sysctl: dict[str, Any]) -> di
             out[t.var] = int(t.target)
     out["sysctl"] = sysctl
     return out
+
+
+@dataclass(frozen=True)
+class RelaySizing:
+    """A media relay (rtpengine) sized for N concurrent calls: its RTP port range and open files."""
+
+    calls: int
+    ports_needed: int  # 4 per call: RTP + RTCP on each of the two legs
+    ports_in_range: int
+    open_files: int  # rtpengine's LimitNOFILE (two streams per call, its own descriptors, at least 65536)
+
+    @property
+    def fits(self) -> bool:
+        return self.ports_in_range >= self.ports_needed
+
+    def line(self, port_min: int, port_max: int) -> str:
+        verdict = "fits" if self.fits else "TOO SMALL"
+        return (
+            f"media relay: {self.calls} calls need {self.ports_needed} RTP ports; range {port_min}-{port_max} has "
+            f"{self.ports_in_range} ({verdict}); rtpengine LimitNOFILE {self.open_files}"
+        )
+
+
+def relay_sizing(calls: int, port_min: int, port_max: int) -> RelaySizing:
+    from sipops.mediarelay import fds_for_calls, ports_for_calls
+
+    return RelaySizing(calls, ports_for_calls(calls), port_max - port_min + 1, max(fds_for_calls(calls), 65536))

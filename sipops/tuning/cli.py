@@ -106,6 +106,7 @@ def tune_tcp(
     check: bool,
     forks: int,
     opts: PushOptions,
+    calls: int | None = None,
 ) -> int:
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +124,7 @@ def tune_tcp(
         host = t.hosts[i]
         res = tune_host(
             t.inv, host, t.runner(host), max_connections=max_connections, allow_lower=allow_lower,
-            check=check, opts=opts, log=lambda _: None,
+            check=check, opts=opts, log=lambda _: None, calls=calls,
         )  # fmt: skip
         emit("\n".join(report(res, check)))
         return res
@@ -153,6 +154,17 @@ def tune_tcp_command(
     check: Annotated[
         bool, typer.Option("--check", help="Show current -> target and the files; change nothing")
     ] = False,
+    calls: Annotated[
+        int | None,
+        typer.Option(
+            "--calls",
+            min=1,
+            max=1_000_000,
+            help="Media relay hosts (mediarelay role): concurrent calls to carry; checks the RTP port range "
+            "and sizes rtpengine's open files",
+            show_default=False,
+        ),
+    ] = None,
     local: Annotated[bool, typer.Option("--local", help="This machine, without SSH")] = False,
     allow_lower: Annotated[
         bool, typer.Option("--allow-lower", help="Lower values that are already higher than needed")
@@ -182,13 +194,24 @@ def tune_tcp_command(
                 from sipops.tuning.run import default_max_connections
 
                 check_max_connections(default_max_connections(h))
+            if calls is not None and "mediarelay" in h.roles:
+                from sipops.mediarelay import check_calls
+
+                check_calls(h, calls)
     except TuneInputError as exc:
         bad_input(InputError(str(exc), field="--max-connections"))
     except InputError as exc:
         bad_input(exc)
     opts = PushOptions(lock_timeout=lock_timeout, gate_timeout=gate_timeout)
     code = tune_tcp(
-        t, sys.stdout, max_connections=max_connections, allow_lower=allow_lower, check=check, forks=forks, opts=opts
+        t,
+        sys.stdout,
+        max_connections=max_connections,
+        allow_lower=allow_lower,
+        check=check,
+        forks=forks,
+        opts=opts,
+        calls=calls,
     )
     raise typer.Exit(code)
 

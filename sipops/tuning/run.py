@@ -14,7 +14,18 @@ from sipops.remote.apply import HostResult, PushOptions, push_host
 from sipops.remote.plan import plan_files
 from sipops.remote.runner import Runner
 from sipops.render import HostRender, RenderedFile, render_host
-from sipops.tuning.calc import HOST, OK, SYSCTL, Target, TuneRequest, _better, _same, calculate, template_vars
+from sipops.tuning.calc import (
+    HOST,
+    OK,
+    SYSCTL,
+    Target,
+    TuneRequest,
+    _better,
+    _same,
+    calculate,
+    relay_sizing,
+    template_vars,
+)
 from sipops.tuning.facts import TuneProbe, gather
 
 # The templates whose files carry tune-tcp's values; everything else of the host is left alone.
@@ -24,6 +35,7 @@ TUNED_TEMPLATES = (
     "systemd/opensips-override.conf.j2",
     "systemd/opensips.service.j2",
     "opensips/opensips.cfg.j2",
+    "rtpengine/rtpengine-override.conf.j2",  # a media relay's open files, with --calls
 )
 _NEEDS_OPENSIPS = ("systemd/opensips.service.j2", "opensips/opensips.cfg.j2")
 
@@ -109,9 +121,17 @@ def tune_host(
     check: bool,
     opts: PushOptions,
     log: Callable[[str], None],
+    calls: int | None = None,
 ) -> TuneResult:
     n = max_connections if max_connections is not None else default_max_connections(host)
     result = TuneResult(host.name, n)
+    relay_calls: dict[str, Any] = {}
+    if calls is not None and "mediarelay" in host.roles:
+        # A media relay sized for --calls: the rendered rtpengine drop-in carries its open-files limit.
+        relay_calls = {"relay_calls": calls}
+        host = dataclasses.replace(host, vars={**host.vars, **relay_calls})
+        lo, hi = int(host.vars["relay_port_min"]), int(host.vars["relay_port_max"])
+        result.notes.append(relay_sizing(calls, lo, hi).line(lo, hi))
     req = TuneRequest(n, allow_lower=allow_lower, outbound_tcp=outbound_tcp(host))
     base = render_host(inv, host)
     try:
@@ -139,6 +159,8 @@ def tune_host(
             return result
         if not opts.root:  # tests that push under a fake root keep their inventory folder clean
             save_tuned(inv, host, result.targets, n)
+            if relay_calls:
+                save_overlay(inv.dir, host.name, relay_calls)
         runner = runner_factory()
         try:
             after = gather(runner, base, with_push=False, root=opts.root)
