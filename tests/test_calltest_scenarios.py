@@ -134,3 +134,8 @@ def test_a_pcap_is_counted_packet_by_packet(tmp_path: Path) -> None:
     (tmp_path / "a.pcap").write_bytes(header + packets)
     info = read_pcap(tmp_path / "a.pcap")
     assert info.packets == 3 and info.seconds == pytest.approx(2.04)
+
+
+def test_unregistering_expects_no_contact_back(tmp_path: Path) -> None:
+    text = rendered(tmp_path, "register", domain="198.51.100.10", expires=0, expect=200)
+    assert "Expires: 0" in text and 'header="Contact:"' not in text

@@ -90,3 +90,62 @@ def test_a_load_summary_has_codes_percentiles_and_loss_per_direction() -> None:
     assert verdict(doc, 0.05) == ExitCode.FAILURE
     ok = summarize(output("load-ok"), {}, 1, [])
     assert ok["setup_ms"]["p99"] == 8.0 and "rtp" not in ok and verdict(ok, 0.05) == ExitCode.OK
+
+
+def _session(tmp_path: Path, **opts: object):  # type: ignore[no-untyped-def]
+    from sipops.calltest.plan import Options
+    from sipops.calltest.scenarios import environment
+    from sipops.calltest.session import Session
+
+    return Session(environment(None), "sipp", tmp_path, Options(**opts), inv=None)  # type: ignore[arg-type]
+
+
+def _outcome(caller: PortCount, callee: PortCount):  # type: ignore[no-untyped-def]
+    from sipops.calltest.checks import CallOutcome
+    from sipops.calltest.sipp import SippOutput
+
+    return CallOutcome(SippOutput(), SippOutput(), {1: caller, 2: callee}, 1, 2)
+
+
+def test_media_both_ways_with_every_digit_passes(tmp_path: Path) -> None:
+    from sipops.calltest.checks import _media_verdict
+
+    s = _session(tmp_path, audio=Path("a.pcap"))
+    o = _outcome(PortCount(236, 236), PortCount(236, 236, {"1": 4, "2": 4}))
+    assert _media_verdict(s, o, 1, "12", True) is None
+
+
+def test_one_way_audio_fails_and_says_which_way(tmp_path: Path) -> None:
+    from sipops.calltest.checks import _media_verdict
+
+    s = _session(tmp_path, audio=Path("a.pcap"))
+    to_callee_lost = _outcome(PortCount(audio_in=236, audio_out=236), PortCount(audio_in=0, audio_out=236))
+    assert "one-way audio: the callee received none of the 236" in str(_media_verdict(s, to_callee_lost, 1, "", True))
+    to_caller_lost = _outcome(PortCount(audio_in=0, audio_out=236), PortCount(audio_in=236, audio_out=236))
+    assert "one-way audio: the caller received none" in str(_media_verdict(s, to_caller_lost, 1, "", True))
+    silent = _outcome(PortCount(), PortCount())
+    assert "the caller sent no RTP" in str(_media_verdict(s, silent, 1, "", True))
+
+
+def test_loss_above_the_limit_and_missing_digits_fail(tmp_path: Path) -> None:
+    from sipops.calltest.checks import _media_verdict
+
+    s = _session(tmp_path, audio=Path("a.pcap"))
+    lossy = _outcome(PortCount(236, 236), PortCount(200, 236))
+    assert "RTP loss 15.3% caller->callee (200/236 packets)" in str(_media_verdict(s, lossy, 1, "", True))
+    no_4 = _outcome(PortCount(236, 236), PortCount(236, 236, {"1": 4, "4": 0}))
+    assert "did not receive digit(s) 4 of 14" in str(_media_verdict(s, no_4, 1, "14", True))
+
+
+def test_a_load_source_outside_the_allowlist_is_noted(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sipops.calltest.load import exposed
+    from sipops.calltest.plan import Target
+
+    host = SimpleNamespace(name="edge1", roles=["registrar", "proxy"], vars={"allowlist": ["198.18.0.1/32"]})
+    t = Target(host, "198.18.0.2", 5060, ("udp",))  # type: ignore[arg-type]
+    assert exposed(t, "198.18.0.1") is None
+    assert "198.18.1.1 is not in edge1's allowlist: pike will throttle" in str(exposed(t, "198.18.1.1"))
+    host.vars["proxy_pike"] = False
+    assert exposed(t, "198.18.1.1") is None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sipops.calltest.media import PortCount
 from sipops.calltest.plan import Account, CalleeUri, Target
-from sipops.calltest.report import CheckResult, failed, ok, skipped
+from sipops.calltest.report import CheckResult, failed, ok
 from sipops.calltest.scenarios import read_pcap
 from sipops.calltest.session import Session
 from sipops.calltest.sipp import SippOutput, SippProcess, SippSpec, percentile
@@ -46,15 +46,7 @@ def talk_ms(session: Session, digits: str) -> int:
 
 
 def register(s: Session, t: Target, transport: str) -> CheckResult:
-    if t.vars.get("registrar_auth") and not s.opts.accounts:
-        return failed(
-            t.name,
-            "register",
-            transport,
-            "registrar_auth is on: name accounts (--account USER:PASSWORD or --accounts FILE;"
-            " `sipops users` creates them)",
-        )
-    phones = [(s.phone(n), f"{s.caller.address}:{s.sip_port()}") for n in range(s.opts.phones)]
+    phones = [(s.phone(t, n), f"{s.caller.address}:{s.sip_port()}") for n in range(s.opts.phones)]
     proc, out = s.register(t, transport, phones)
     s.register(t, transport, phones, expires=0)  # leave no test contact behind
     n = len(phones)
@@ -65,9 +57,7 @@ def register(s: Session, t: Target, transport: str) -> CheckResult:
 
 
 def wrong_password(s: Session, t: Target, transport: str) -> CheckResult:
-    if not s.opts.accounts:
-        return skipped(t.name, "wrong-password", transport, "registrar_auth is on and no accounts were named")
-    account = s.phone(0)
+    account = s.phone(t, 0)
     bad = Account(account.user, account.password + "-wrong")
     proc, out = s.register(t, transport, [(bad, f"{s.caller.address}:{s.sip_port()}")], expect=401)
     if proc.problem() is None and out.succeeded == 1:
@@ -121,9 +111,7 @@ def _media_data(o: CallOutcome) -> dict[str, int]:
 
 def call(s: Session, t: Target, transport: str, *, mode: str = "call", check: str = "call") -> CheckResult:
     """A call between two registered phones through `t` (mode call, or cancel of a ringing call)."""
-    if t.vars.get("registrar_auth") and not s.opts.accounts:
-        return skipped(t.name, check, transport, "registrar_auth is on and no accounts were named")
-    caller, callee = s.phone(0), s.phone(1)
+    caller, callee = s.phone(t, 0), s.phone(t, 1)
     folder = s.folder(f"{t.name}-{check}-{transport}")
     digits = s.opts.dtmf if mode == "call" else ""
     talk = talk_ms(s, digits) + (audio_ms(s) + DTMF_DELAY_MS if digits else 0)
@@ -152,7 +140,7 @@ def call(s: Session, t: Target, transport: str, *, mode: str = "call", check: st
             to_user=callee.user,
             from_user=caller.user,
             from_domain=t.address,
-            auth_user=caller.user if s.opts.accounts else "",
+            auth_user=caller.user,
             password=caller.password,
             audio=audio,
             audio_ms=audio_ms(s),
@@ -217,9 +205,7 @@ def judge_call(
 
 
 def unknown_user(s: Session, t: Target, transport: str) -> CheckResult:
-    if t.vars.get("registrar_auth") and not s.opts.accounts:
-        return skipped(t.name, "unknown-user", transport, "registrar_auth is on and no accounts were named")
-    caller = s.phone(0)
+    caller = s.phone(t, 0)
     folder = s.folder(f"{t.name}-unknown-{transport}")
     uac = s.render(
         "uac",
@@ -229,7 +215,7 @@ def unknown_user(s: Session, t: Target, transport: str) -> CheckResult:
         to_user=f"nobody-{s.run_id}",
         from_user=caller.user,
         from_domain=t.address,
-        auth_user=caller.user if s.opts.accounts else "",
+        auth_user=caller.user,
         password=caller.password,
         audio="",
         audio_ms=0,
@@ -260,7 +246,7 @@ def unknown_user(s: Session, t: Target, transport: str) -> CheckResult:
 
 def callee_uri(s: Session, t: Target, transport: str, callee: CalleeUri) -> CheckResult:
     """A call through `t` to a real extension the user named; media counted at our end only."""
-    caller = s.phone(0)
+    caller = s.phone(t, 0)
     folder = s.folder(f"{t.name}-callee-{transport}")
     digits = s.opts.dtmf
     talk = talk_ms(s, digits) + (audio_ms(s) + DTMF_DELAY_MS if digits else 0)
@@ -274,7 +260,7 @@ def callee_uri(s: Session, t: Target, transport: str, callee: CalleeUri) -> Chec
         to_user=callee.user,
         from_user=caller.user,
         from_domain=t.address,
-        auth_user=caller.user if s.opts.accounts else "",
+        auth_user=caller.user,
         password=caller.password,
         audio=audio,
         audio_ms=audio_ms(s),

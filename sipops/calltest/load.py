@@ -85,7 +85,7 @@ def _callees(s: Session, t: Target, transport: str, talk: float, audio: str) -> 
         return Callees(
             list(procs.values()), [(p.spec.place, p.spec.media_port) for p in procs.values()], "gateway-test", t.address
         )
-    callee = s.phone(1)
+    callee = s.phone(t, 1)
     folder = s.folder(f"{t.name}-load-callee")
     port, media = s.sip_port(), s.media_port()
     uas = s.render("uas", folder, mode="answer", user=callee.user, audio=audio, answer_after_ms=0, require_rr=True)
@@ -214,11 +214,11 @@ def load(lr: LoadRequest, out: TextIO) -> ExitCode:
     with tempfile.TemporaryDirectory(prefix="sipops-calltest-") as tmp:
         workdir = lr.base.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        s = Session(environment(p.inv.dir), p.binary, workdir, p.opts)
+        s = Session(environment(p.inv.dir), p.binary, workdir, p.opts, p.inv)
         try:
             doc = _drive(s, t, transport, rate, calls, lr.concurrency, duration, audio, out, lr.base.as_json)
         finally:
-            s.stop_all()
+            s.close()
     doc.update(host=t.name, transport=transport, rate=rate, calls=calls, caller=p.opts.caller.address)
     if note:
         doc["notes"] = [note]
@@ -248,7 +248,7 @@ def _drive(
     callees = _callees(s, t, transport, duration + 30, audio)
     caller = s.caller
     folder = s.folder(f"{t.name}-load-caller")
-    account = s.phone(0)
+    account = s.phone(t, 0)
     uac = s.render(
         "uac",
         folder,
@@ -257,7 +257,7 @@ def _drive(
         to_user=callees.to_user,
         from_user=account.user,
         from_domain=t.address,
-        auth_user=account.user if s.opts.accounts else "",
+        auth_user=account.user,
         password=account.password,
         audio=audio,
         audio_ms=0,

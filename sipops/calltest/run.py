@@ -153,11 +153,13 @@ def calltest(req: Request, out: TextIO = sys.stdout) -> ExitCode:
     with tempfile.TemporaryDirectory(prefix="sipops-calltest-") as tmp:
         workdir = req.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        session = Session(environment(p.inv.dir), p.binary, workdir, p.opts)
+        session = Session(environment(p.inv.dir), p.binary, workdir, p.opts, p.inv)
         try:
             results = run_checks(p, session, emit)
         finally:
-            session.stop_all()
+            session.close()
+    for leftover in session.leftovers:
+        results.append(CheckResult("-", "cleanup", "-", "FAILED", leftover))
     if req.as_json:
         write_json(results, out)
     else:

@@ -16,6 +16,8 @@ from sipops.calltest.media import MediaCounters, PortCount
 from sipops.calltest.plan import Account, Options, Target
 from sipops.calltest.scenarios import render, write_injection
 from sipops.calltest.sipp import Place, SippOutput, SippProcess, SippSpec
+from sipops.errors import InputError
+from sipops.inventory import Inventory
 
 
 def auth_keyword(account: Account) -> str:
@@ -23,8 +25,15 @@ def auth_keyword(account: Account) -> str:
     return f"[authentication username={account.user} password={account.password}]"
 
 
+class AccountsUnavailable(RuntimeError):
+    """A registrar wants digest auth and no account could be had for the test phones."""
+
+
 class Session:
-    def __init__(self, env: jinja2.Environment, binary: str, workdir: Path, opts: Options) -> None:
+    def __init__(self, env: jinja2.Environment, binary: str, workdir: Path, opts: Options, inv: Inventory) -> None:
+        self.inv = inv
+        self._made: dict[str, list[Account]] = {}
+        self.leftovers: list[str] = []  # what close() could not undo, for the report
         self.env = env
         self.binary = binary
         self.workdir = workdir
@@ -65,11 +74,43 @@ class Session:
         for proc in self.processes:
             proc.stop()
 
-    def phone(self, n: int) -> Account:
-        """Test phone n: the user's accounts in turn, else a name of this run (no digest auth)."""
+    def phone(self, t: Target, n: int) -> Account:
+        """Test phone n on `t`: the user's accounts in turn; on a registrar with registrar_auth, two
+        accounts of this run created with `sipops users` (removed by close()); else a name of this run."""
         if self.opts.accounts:
             return self.opts.accounts[n % len(self.opts.accounts)]
+        if t.vars.get("registrar_auth") and t.has("registrar"):
+            made = self._made.get(t.name)
+            if made is None:
+                made = self._make_accounts(t)
+            return made[n % len(made)]
         return Account(f"sipops-ct{self.run_id}-{n}", "-")
+
+    def _make_accounts(self, t: Target) -> list[Account]:
+        from sipops.users import UsersError, add_accounts
+
+        made = [Account(f"sipops-ct{self.run_id}-{n}", secrets.token_urlsafe(12)) for n in range(2)]
+        try:
+            add_accounts(self.inv, t.name, [(a.user, a.password) for a in made])
+        except (UsersError, InputError) as exc:
+            raise AccountsUnavailable(
+                f"registrar_auth is on and test accounts could not be created ({exc}): name accounts"
+                " with --account USER:PASSWORD or --accounts FILE"
+            ) from None
+        self._made[t.name] = made
+        return made
+
+    def close(self) -> None:
+        """Stop every sipp still running and remove the accounts this run created."""
+        self.stop_all()
+        from sipops.users import UsersError, remove_accounts
+
+        for host, made in self._made.items():
+            try:
+                remove_accounts(self.inv, host, [a.user for a in made])
+            except (UsersError, InputError) as exc:
+                self.leftovers.append(f"{host}: test accounts not removed: {exc}")
+        self._made.clear()
 
     def register(
         self, t: Target, transport: str, phones: list[tuple[Account, str]], *, expires: int = 300, expect: int = 200

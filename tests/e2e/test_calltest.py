@@ -1,6 +1,7 @@
 """`sipops calltest` against a lab with a real OpenSIPS: every role passes over UDP and TCP with media
-both ways and DTMF, digest auth with subscriber rows, a gateway stopped mid-test is failed over, load
-mode, and a proxy that does not record-route fails naming that step.
+both ways and DTMF, digest auth (accounts from `sipops users`, named or made by calltest itself), a
+gateway stopped mid-test is failed over, load mode, and a proxy that does not record-route fails
+naming that step.
 
 Its own lab (3 hosts: h1 registrar/proxy, h2 registrar/proxy with registrar_auth, h3 load balancer; 3
 attacker namespaces). The lab inventory gives h3 the edge nodes as gateways; a call test needs callees
@@ -10,7 +11,6 @@ phones call from the attackers too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -23,26 +23,17 @@ import yaml
 from typer.testing import CliRunner
 
 from sipops.cli import app
+from sipops.inventory import load_inventory
 from sipops.lab.access import exec_argv
 from sipops.lab.lifecycle import UpOptions, down, up
 from sipops.lab.state import LabState
+from sipops.users import add_accounts, list_accounts
 
 from .conftest import lab_skip_reason
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_opensips]
 NETWORK = IPv4Network("198.18.96.0/20")  # no other test lab's range (bench/calls.py: 198.18.112.0/20)
 ACCOUNTS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
-
-# A subscriber row as `sipops users` (or opensips-cli) writes it: HA1 only, realm = the registrar's
-# domain (auth_realm unset: the request's domain, here h2's address).
-ADD_SUBSCRIBER = """
-import hashlib, sqlite3, sys
-user, realm, ha1, ha1_256 = sys.argv[1:5]
-db = sqlite3.connect('/var/lib/opensips/opensips.sqlite')
-db.execute("insert into subscriber (username, domain, password, ha1, ha1_sha256, ha1_sha512t256)"
-           " values (?, ?, '', ?, ?, '')", (user, realm, ha1, ha1_256))
-db.commit()
-"""
 
 
 class CallLab:
@@ -89,12 +80,8 @@ def clab(tmp_path_factory: pytest.TempPathFactory, opensips_prefix: Path) -> Ite
         lab.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
         code, out = sipops("install", "all", "-i", lab.inventory)
         assert code == 0, out
-        realm = lab.address("h2")
-        for user, password in ACCOUNTS.items():
-            secret = f"{user}:{realm}:{password}".encode()
-            res = lab.exec("h2", "python3", "-c", ADD_SUBSCRIBER, user, realm,
-                           hashlib.md5(secret).hexdigest(), hashlib.sha256(secret).hexdigest())  # fmt: skip
-            assert res.returncode == 0, res.stderr
+        # The accounts the user names (calltest makes its own when none are named: see below).
+        add_accounts(load_inventory(lab.inventory), "h2", list(ACCOUNTS.items()))
         yield lab
     finally:
         down(directory, log=lambda _: None)
@@ -146,10 +133,11 @@ def test_every_gateway_gets_calls_and_a_stopped_one_is_failed_over(full_run: tup
         assert "gateway gw2" in c["detail"] and c["data"]["failed_over"] >= 1, c
 
 
-def test_without_accounts_an_auth_registrar_says_what_is_missing(clab: CallLab) -> None:
-    code, out = sipops("calltest", "h2", "-i", clab.inventory, "-t", "udp", "--no-media")
-    assert code == 1
-    assert "h2: register (udp): FAILED: registrar_auth is on: name accounts" in out
+def test_without_accounts_calltest_makes_its_own_and_removes_them(clab: CallLab) -> None:
+    code, out = sipops("calltest", "h2", "-i", clab.inventory, "-t", "udp", "--no-media", "--dtmf", "")
+    assert code == 0, out
+    assert "h2: register (udp): ok" in out and "h2: call (udp): ok" in out
+    assert sorted(u for u, _ in list_accounts(load_inventory(clab.inventory), "h2")) == sorted(ACCOUNTS)
 
 
 def test_load_mode_reports_answers_setup_times_and_rtp_loss(clab: CallLab) -> None:
