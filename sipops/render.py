@@ -157,6 +157,9 @@ def context(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -
     from sipops import mediarelay  # relay sets and the relay's own settings (checked: InputError)
 
     v.update(mediarelay.context(inv, host))
+    from sipops import crowdsec_setup  # the fleet's CrowdSec LAPI (checked: InputError)
+
+    v.update(crowdsec_setup.context(inv, host))
     env = env or environment(inv)
     ports = []
     for r in host.role_objs:
