@@ -178,3 +178,17 @@ def _register_one(
             f"FAILED: crowdsec: credentials refused right after registering: {again.get('why') or again.get('error')}"
         )
     return "registered"
+
+
+def register_and_report(
+    inv: Inventory, names: list[str], runner_for: Callable[[Host], Callable[[], Runner]], emit: Callable[[str], None]
+) -> bool:
+    """register() with one line per host that joins a LAPI (`h2: crowdsec: registered`); False on a failure."""
+    try:
+        outcomes = register(inv, names, runner_for)
+    except InputError:
+        return True  # render already refused the inventory; nothing reaches here with a bad URL
+    for name, outcome in outcomes.items():
+        words = {"ok": "credentials in place", "registered": "machine and bouncer registered"}.get(outcome, outcome)
+        emit(f"{name}: crowdsec: {words}" if not outcome.startswith("FAILED") else f"{name}: {outcome}")
+    return not any(o.startswith("FAILED") for o in outcomes.values())

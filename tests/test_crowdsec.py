@@ -304,3 +304,37 @@ def test_a_lapi_down_loses_nothing_bans_wait_in_the_outbox_and_deletions_are_cau
     assert [a["source"]["value"] for a in lapi.alerts] == ["192.0.2.41"]
     work = fl2.take({})
     assert work.remove == ["192.0.2.40"]
+
+
+def test_the_watcher_writes_decisions_in_the_same_batch_as_its_own_bans_and_pushes_its_bans(
+    lapi: LapiStandIn, tmp_path: Path
+) -> None:
+    from tests.test_watcher import FLOOD, Rig, table
+
+    rig = Rig(tmp_path)
+    fl = FleetLink(client(lapi), "h1", rig.watcher.allow, directory=tmp_path, clock=rig.clock)
+    rig.watcher.fleet = fl
+    rig.watcher.start()
+    rig.nft.batches.clear()
+    lapi.add("192.0.2.99", "10m0s", origin="sipops", scenario="sipops/sip_scanner from h2")
+    lapi.add("198.51.100.31", "10m0s")  # a gateway of the allowlist: never applied
+    fl.sync_once()
+    rig.tables.append(table(FLOOD))
+    result = rig.watcher.poll()
+    assert [r.address for r in result.banned] == ["203.0.113.5"]
+    (batch,) = rig.nft.batches  # one transaction: own ban and the fleet's decision
+    assert "203.0.113.5 timeout 600s" in batch and '192.0.2.99 timeout 600s expires 600s comment "fleet:h2"' in batch
+    assert "198.51.100.31" not in batch
+    assert any("action=skip addr=198.51.100.31" in e for e in rig.events)
+    fl.sync_once()  # pushes the watcher's ban
+    assert [a["source"]["value"] for a in lapi.alerts] == ["203.0.113.5"]
+    assert lapi.alerts[0]["decisions"][0]["scenario"] == "sipops/conn_flood from h1"
+    # Deleted on the LAPI (cscli decisions delete): lifted here, journal included.
+    own = next(i for i, d in lapi.decisions.items() if d["value"] == "203.0.113.5")
+    lapi.delete(own)
+    fl.sync_once()
+    rig.nft.batches.clear()
+    rig.tables.append(table({}))
+    rig.watcher.poll()
+    assert rig.journal.get("203.0.113.5") is not None and not rig.journal.live()
+    assert any("delete element inet sipops ban4 { 203.0.113.5 }" in b for b in rig.nft.batches)

@@ -227,6 +227,8 @@ def watch_command(
     except InputError as exc:
         _fail(exc)
     watcher = Watcher(config, _journal(journal) if ban else None, be, allowlist)
+    if ban:  # fleet-wide bans through CrowdSec, when install/push registered this host's credentials
+        watcher.fleet = _fleet_link(allowlist)
     restored = watcher.start()
     live = not once and not as_json and sys.stdout.isatty()
     if not as_json:
@@ -247,6 +249,19 @@ def watch_command(
     except KeyboardInterrupt:
         pass
     raise typer.Exit(ExitCode.FAILURE if failures else ExitCode.OK)
+
+
+def _fleet_link(allowlist: Any) -> Any:
+    from sipops.monitor.fleetlink import CREDENTIALS, from_credentials
+
+    try:
+        link = from_credentials(allowlist)
+    except (OSError, ValueError, KeyError) as exc:  # local bans go on without the fleet
+        typer.echo(f"sipops watch: CrowdSec link off: {CREDENTIALS}: {exc}".splitlines()[0], err=True)
+        return None
+    if link is not None:
+        typer.echo(f"sipops watch: CrowdSec LAPI {link.client.url} as {link.host} (push bans, apply decisions)")
+    return link
 
 
 def _print_poll(result: Any, watcher: Any, out: TextIO, *, live: bool, as_json: bool, clear: bool = False) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -172,7 +173,8 @@ class FleetLink:
             ids = self.applied.get(addr)
             if ids:
                 until = max(a.until for a in ids.values())
-                if until > now and not all(a.origin == "local" for a in ids.values()):
+                # An own ban (journal) outlasting the decision keeps its element as it is.
+                if until > now and live.get(addr, 0) < until and not all(a.origin == "local" for a in ids.values()):
                     origin = next(iter(ids.values())).origin
                     left = max(1, round(until - now))
                     work.add.append(Ban(addr, left, origin, left))
@@ -212,6 +214,18 @@ class FleetLink:
         if gone.origin == "local" and gone.until > self.clock() + 1 and addr not in self.applied:
             work.lifted_local.append(addr)
             work.remove.append(addr)
+
+    def live_bans(self) -> list[Ban]:
+        """Every applied decision still running, with its time left (re-asserted after a set wipe)."""
+        now = self.clock()
+        out = []
+        with self._applied_lock:
+            for addr, ids in self.applied.items():
+                best = max(ids.values(), key=lambda a: a.until)
+                if best.until > now + 1 and best.origin != "local":
+                    left = round(best.until - now)
+                    out.append(Ban(addr, left, best.origin, left))
+        return out
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -289,3 +303,18 @@ def read_state(directory: Path | None = None) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def from_credentials(allow: Allowlist, path: Path = CREDENTIALS) -> FleetLink | None:
+    """The running link of this host when install/push stored its credentials, else None.
+
+    Raises ValueError or OSError (one line) for credentials that cannot be used."""
+    creds = load_credentials(path)
+    if creds is None:
+        return None
+    client = LapiClient(
+        creds["url"], machine_id=creds["machine_id"], password=creds["password"], api_key=creds["api_key"]
+    )
+    link = FleetLink(client, creds["host"] or socket.gethostname(), allow)
+    link.start()
+    return link

@@ -27,14 +27,19 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sipops.monitor import procnet
 from sipops.monitor import scan as scanner
 from sipops.monitor.allow import Allowlist
 from sipops.monitor.ban import Ban, BanBackend, BanBackendError
+from sipops.monitor.crowdsec import LocalBan
 from sipops.monitor.journal import BanRecord, Journal, NewBan
 from sipops.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, Verdict, escalate
 from sipops.monitor.siplog import LogFollower, SipLogRules
+
+if TYPE_CHECKING:
+    from sipops.monitor.fleetlink import FleetLink
 
 Clock = Callable[[], float]
 EventSink = Callable[[str], None]
@@ -102,6 +107,7 @@ class Watcher:
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
         events: EventSink = syslog_sink,
+        fleet: FleetLink | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -122,6 +128,7 @@ class Watcher:
         self.clock = clock
         self.monotonic = monotonic
         self.events = events
+        self.fleet = fleet if config.ban else None  # CrowdSec LAPI link (sipops.monitor.fleetlink)
         self.engine = RuleEngine(config.thresholds, config.per_port, allow, monotonic)
         self.follower = LogFollower(config.sip_log) if config.sip_log else None
         self.live: dict[str, float] = {}  # address -> until (epoch), mirrors the journal
@@ -161,6 +168,8 @@ class Watcher:
         bans = [
             Ban(a, max(1, round(until - since)), rule, max(1, round(until - now))) for a, rule, since, until in rows
         ]
+        if self.fleet is not None:  # the LAPI's decisions applied here go back too
+            bans += self.fleet.live_bans()
         self.backend.restore(bans)
         if self.journal is not None:
             self.journal.prune(older_than=30 * 86400)  # history kept for the escalation count, not forever
@@ -206,7 +215,8 @@ class Watcher:
             for v in self.follower.verdicts(self.config.sip_rules):
                 why = self.allow.why(v.address or "")
                 verdicts.append(v if why is None else Verdict(v.rule, ALERT, v.address, None, 1, 1, 0, v.evidence, why))
-        result = self.apply([v for v in verdicts if v.action == BAN])
+        fleet_bans = self._fleet_take(errors)
+        result = self.apply([v for v in verdicts if v.action == BAN], fleet_bans)
         result.table = table
         result.verdicts = verdicts
         result.alerts = [v for v in verdicts if v.action == ALERT]
@@ -246,8 +256,11 @@ class Watcher:
             room = min(room, lim.tcp_max_connections * lim.port_alert_ratio - total)
         return room
 
-    def apply(self, verdicts: Sequence[Verdict]) -> PollResult:
-        """Ban the verdicts' addresses not already banned: journal, one batch, close connections, log."""
+    def apply(self, verdicts: Sequence[Verdict], fleet_bans: Sequence[Ban] = ()) -> PollResult:
+        """Ban the verdicts' addresses not already banned: journal, one batch, close connections, log.
+
+        fleet_bans: the LAPI's decisions read since the last poll, written in the same batch (refresh:
+        their remaining time replaces an element's)."""
         now = self.clock()
         fresh: dict[str, Verdict] = {}
         for v in verdicts:
@@ -257,6 +270,11 @@ class Watcher:
             fresh[addr] = v
         result = PollResult(None, list(verdicts), [], [])
         if not fresh:
+            if fleet_bans and self.backend is not None:
+                try:
+                    self.backend.refresh(fleet_bans)
+                except BanBackendError as exc:
+                    result.errors.append(f"CrowdSec decisions: {exc}")
             return result
         started = time.perf_counter()
         previous = self.journal.counts(fresh) if self.journal is not None else {}
@@ -273,8 +291,8 @@ class Watcher:
         returning = any(r.address in previous for r in records)
         try:
             # A returning address may still have a kernel element (e.g. from the SYN meter): refresh replaces it.
-            apply = self.backend.refresh if returning else self.backend.ban
-            apply([_ban_of(r, now) for r in records])
+            apply = self.backend.refresh if returning or fleet_bans else self.backend.ban
+            apply([_ban_of(r, now) for r in records] + list(fleet_bans))
         except BanBackendError as exc:
             result.errors.append(str(exc))
             self.journal.unban(r.address for r in records)  # the journal must not claim what the kernel lacks
@@ -288,6 +306,10 @@ class Watcher:
                 result.closed = self.closer([r.address for r in records])
             except OSError as exc:
                 result.errors.append(f"closing connections: {exc}")
+        if self.fleet is not None:
+            self.fleet.queue(
+                LocalBan(r.address, round(r.until - r.since), r.rule, r.evidence, r.since) for r in records
+            )
         for r in records:
             self.events(
                 format_event(
@@ -296,6 +318,27 @@ class Watcher:
             )
         result.banned = records
         return result
+
+    def _fleet_take(self, errors: list[str]) -> list[Ban]:
+        """The LAPI's decisions since the last poll: elements to write (returned, for this poll's batch);
+        lifted ones removed now (this host's own bans deleted on the LAPI leave the journal too)."""
+        if self.fleet is None or self.backend is None:
+            return []
+        work = self.fleet.take(self.live)
+        for line in work.events:
+            self.events(line)
+        if work.lifted_local and self.journal is not None:
+            self.journal.unban(work.lifted_local)
+            for addr in work.lifted_local:
+                self.live.pop(addr, None)
+                self.events(format_event("unban", addr, "crowdsec", None, "decision deleted on the LAPI"))
+            self._journal_version = self.journal.version()
+        if work.remove:
+            try:
+                self.backend.unban(work.remove)
+            except BanBackendError as exc:
+                errors.append(f"CrowdSec deletions: {exc}")
+        return work.add
 
     def _maintain(self, errors: list[str]) -> int:
         """Pick up bans/unbans made by the CLI; re-assert when the canary is gone or it is time."""

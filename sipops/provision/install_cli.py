@@ -92,4 +92,8 @@ def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], 
             else ("would change" if check and r.changed else "changed" if r.changed else "no changes")
         )
         emit(f"{r.host:<{width}}  {state}{'  ' + r.reason if r.reason else ''}")
-    return ExitCode.OK if all(r.ok for r in reports) else ExitCode.FAILURE
+    # Fleet-wide bans: CrowdSec credentials of every installed host, once the LAPI host is installed too.
+    from sipops.crowdsec_setup import register_and_report
+
+    registered = check or register_and_report(t.inv, [r.host for r in reports if r.ok], t.runner, emit)
+    return ExitCode.OK if all(r.ok for r in reports) and registered else ExitCode.FAILURE

@@ -169,6 +169,10 @@ def _push(
     results = run_parallel(list(rendered), one, forks=forks, serial=serial)
     for line in summary_table(results):
         emit(line)
+    # Fleet-wide bans: every pushed host's CrowdSec credentials, once its files (and the LAPI's) are live.
+    joined = [r.host for r in results if not r.failed and r.status != "skipped"]
+    if not check and not _crowdsec_register(t, joined, emit):
+        return ExitCode.FAILURE
     changed = sum(r.status == "changed" for r in results)
     failed = sum(r.failed or r.status == "skipped" for r in results)
     if not changed and not failed:
@@ -259,3 +263,9 @@ def rollback(t: Target, out: TextIO, *, to: str | None, list_only: bool, opts: P
     for line in summary_table(results):
         emit(line)
     return ExitCode.FAILURE if any(r.failed for r in results) else ExitCode.OK
+
+
+def _crowdsec_register(t: Target, names: list[str], emit: Callable[[str], None]) -> bool:
+    from sipops.crowdsec_setup import register_and_report
+
+    return register_and_report(t.inv, names, t.runner, emit)
