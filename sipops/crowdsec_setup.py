@@ -104,13 +104,17 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
     if ROLE not in host.roles:
         return out
     url = _url_of_lapi_host(host)
-    listen = url.split("://", 1)[1]
+    # Every address unless crowdsec_lapi_listen says one: crowdsec's own agent on this host reaches its
+    # LAPI at 127.0.0.1 (local_api_credentials.yaml, written by the package); the firewall below lets
+    # the fleet's hosts alone reach the port.
+    given = host.vars.get("crowdsec_lapi_listen")
+    listen = (f"[{given}]" if ":" in str(given) else str(given)) if given else "0.0.0.0"
     sources = sorted(
         {h.address for h in inv.hosts.values() if _is_ip(h.address)} | set(host.vars["crowdsec_lapi_allow"])
     )
     out.update(
         crowdsec_url=url,
-        crowdsec_listen_uri=listen.replace("[", "").replace("]", "") if listen.count(":") == 1 else listen,
+        crowdsec_listen_uri=f"{listen}:{int(host.vars['crowdsec_lapi_port'])}",
         crowdsec_lapi_sources=sources,
         crowdsec_wait_program=shlex.quote(WAIT_PROGRAM),
     )
