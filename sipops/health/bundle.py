@@ -38,6 +38,7 @@ MODULES = (
     "sipops.health.checks_mi",
     "sipops.health.ng",
     "sipops.health.checks_relay",
+    "sipops.health.checks_crowdsec",
     "sipops.health.runner",
     "sipops.health.formats",
     "sipops.health.agent",

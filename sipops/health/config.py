@@ -30,6 +30,7 @@ CHECKS = (
     "bans",
     "gateways",
     "relays",
+    "crowdsec",
 )
 
 
@@ -93,6 +94,7 @@ class HealthConfig:
     alert_cmd: str | None = None
     checks: tuple[str, ...] = ()  # empty: every check that applies
     watcher: bool = True  # check sipops-watch and its bans
+    crowdsec: str = ""  # the CrowdSec LAPI URL the watcher follows ("": none, no check)
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def enabled(self) -> list[str]:
@@ -103,6 +105,7 @@ class HealthConfig:
             skip = {"gateways"} if self.gateway_engine is None else set()
             skip |= set() if self.relays else {"relays"}
             skip |= set() if self.watcher else {"watcher", "bans"}
+            skip |= set() if self.crowdsec and self.watcher else {"crowdsec"}
             out = [c for c in out if c not in skip]
         return out
 

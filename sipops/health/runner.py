@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sipops.health import checks, checks_mi, checks_relay
+from sipops.health import checks, checks_crowdsec, checks_mi, checks_relay
 from sipops.health.config import HealthConfig
 from sipops.health.model import CheckResult, Report, Status
 from sipops.health.sources import Sources
@@ -34,6 +34,7 @@ REGISTRY: dict[str, CheckFn] = {
     "bans": checks.check_bans,
     "gateways": checks_mi.check_gateways,
     "relays": checks_relay.check_relays,
+    "crowdsec": checks_crowdsec.check_crowdsec,
 }
 LOCK_WAIT = 30.0  # seconds a run waits for an overlapping one (cron every minute)
 ALERT_TIMEOUT = 60

@@ -77,6 +77,9 @@ def ban_command(
     allow: AllowOpt = None,
     journal: JournalOpt = None,
     backend: BackendOpt = "auto",
+    fleet: Annotated[
+        bool, typer.Option("--fleet", help="Also ban on every host through the fleet's CrowdSec LAPI")
+    ] = False,
 ) -> None:
     """Ban addresses now (kernel set + journal); their connections are closed."""
     from sipops.monitor.ban import Ban, BanBackendError
@@ -116,6 +119,13 @@ def ban_command(
         typer.echo(f"banned {r.address} for {duration} (ban #{r.count})")
     if closed:
         typer.echo(f"closed {closed} connections")
+    if fleet:  # the other hosts: through the LAPI (sipops.monitor.fleet_cli)
+        from sipops.monitor.fleet_cli import push_manual
+
+        line = push_manual([r.address for r in records], seconds, reason)
+        typer.echo(line, err=line.startswith("sipops: error"))
+        if line.startswith("sipops: error"):
+            raise typer.Exit(ExitCode.FAILURE)
 
 
 def unban_command(
@@ -151,20 +161,25 @@ def bans_command(
 ) -> None:
     """List bans from the journal: address, rule, time left, count, evidence."""
     from sipops.monitor.ban import format_duration
+    from sipops.monitor.fleet_cli import fleet_rows
 
     jr = _journal(journal)
     now = time.time()
     records = jr.all() if show_all else jr.live()
+    fleet = fleet_rows(now)  # decisions applied from the CrowdSec LAPI, with their origin
     if as_json:
-        typer.echo(json.dumps([r.as_dict(now) for r in records], indent=2))
+        typer.echo(json.dumps([{**r.as_dict(now), "origin": "local"} for r in records] + fleet, indent=2))
         return
-    if not records:
+    if not records and not fleet:
         typer.echo("no bans")
         return
-    typer.echo(f"{'ADDRESS':<40} {'RULE':<12} {'LEFT':>9} {'#':>3}  EVIDENCE")
+    typer.echo(f"{'ADDRESS':<40} {'RULE':<12} {'LEFT':>9} {'#':>3}  {'ORIGIN':<16} EVIDENCE")
     for r in records:
         left = "lifted" if r.unbanned else format_duration(r.remaining(now)) if r.live(now) else "expired"
-        typer.echo(f"{r.address:<40} {r.rule:<12} {left:>9} {r.count:>3}  {r.evidence}")
+        typer.echo(f"{r.address:<40} {r.rule:<12} {left:>9} {r.count:>3}  {'local':<16} {r.evidence}")
+    for f in fleet:
+        left = format_duration(f["left"])
+        typer.echo(f"{f['address']:<40} {'crowdsec':<12} {left:>9} {'-':>3}  {f['origin']:<16} {f['scenario']}")
 
 
 def watch_command(

@@ -84,6 +84,7 @@ class InstallInputs:
     yum_release_rpm: str  # URL of the opensips-yum-releases package (RHEL family)
     apt_url: str  # the apt repository (Debian family): opensips_apt_url
     apt_key_url: str  # the key that signs it: opensips_apt_key_url
+    crowdsec_capi: bool = True  # role crowdsec: register to CrowdSec's Central API when the package installs
 
 
 def _installed_test(pm: str, pkgs: list[str]) -> str:
@@ -120,6 +121,18 @@ def dependencies(inp: InstallInputs) -> PhasePlan:
         pkgs.append("python3-venv")
     if inp.os.family == "rhel" and inp.os.pkg == "dnf":
         plan.steps.append(Step("enable EPEL", "dnf install -y epel-release", unless="rpm -q epel-release"))
+    if "crowdsec" in pkgs and not inp.crowdsec_capi:
+        # Debian's postinst registers to the Central API (and fails the install offline) unless this file
+        # exists with a comment before it runs (README.Debian); left alone once it exists.
+        capi = "/etc/crowdsec/online_api_credentials.yaml"
+        note = "# no thanks: crowdsec_capi is false in the sipops inventory"
+        plan.steps.append(
+            Step(
+                "crowdsec: no Central API registration (crowdsec_capi: false)",
+                f"mkdir -p /etc/crowdsec && echo {q(note)} > {capi}",
+                unless=f"test -e {capi}",
+            )
+        )
     plan.steps.append(install_missing(inp.os.pkg, pkgs, "packages"))
     return plan
 

@@ -40,6 +40,7 @@ def inputs(inv: Inventory, host: Host, os: OsInfo) -> tuple[phases.InstallInputs
         yum_release_rpm=ctx.get("opensips_yum_release_rpm") or YUM_RELEASE_RPM.format(version=lay.version, el=os.el),
         apt_url=ctx["opensips_apt_url"],
         apt_key_url=ctx["opensips_apt_key_url"],
+        crowdsec_capi=bool(ctx.get("crowdsec_capi", True)),
     )
     return inp, ctx
 
