@@ -354,3 +354,19 @@ def test_tune_tcp_refuses_more_calls_than_the_relay_range_holds(tmp_path):
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "relay.yaml:" in err and "relay_port_max" in err, err
     assert "--calls 300 needs 1200 RTP ports (4 per call); host rly1's range 30000-30999 holds 250 calls" in err
+
+
+def test_the_relay_figures_show_in_every_health_format(ng_responder):
+    from sipops.health.formats import render
+    from sipops.health.model import Report
+
+    up = ("rly1", "127.0.0.1", ng_responder)
+    down = ("rly2", "127.0.0.1", _closed_udp_port())
+    report = Report("px1", [check_relays(HealthConfig(relays=(up, down)), None, {})])  # type: ignore[arg-type]
+    text, nagios = render("text", [report]), render("nagios", [report])
+    assert "relays" in text and "1 of 2 media relays down" in text
+    assert nagios.startswith("SIPOPS WARNING - relays: 1 of 2") and "relay_up" in nagios and "relay_sessions" in nagios
+    prom = render("prometheus", [report])
+    assert "relay_sessions" in prom and "relay_rtt" in prom
+    doc = render("json", [report])
+    assert '"relay_up"' in doc and '"rly2"' in doc
