@@ -34,6 +34,8 @@ TIMEOUT = 5.0
 def main(req: Json, stream: IO[bytes], size: int) -> None:
     try:
         out = ACTIONS[req["action"]](req)
+    except RuntimeError as exc:  # our own one-line reasons (the LAPI unreachable)
+        out = {"ok": False, "error": str(exc).splitlines()[0]}
     except Exception as exc:  # the controller shows the host's reason rather than a traceback
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     sys.stdout.write("SIPOPS-RESULT " + ascii(out) + "\n")

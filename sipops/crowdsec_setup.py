@@ -196,3 +196,19 @@ def register_and_report(
         words = {"ok": "credentials in place", "registered": "machine and bouncer registered"}.get(outcome, outcome)
         emit(f"{name}: crowdsec: {words}" if not outcome.startswith("FAILED") else f"{name}: {outcome}")
     return not any(o.startswith("FAILED") for o in outcomes.values())
+
+
+def preflight(inv: Inventory, name: str, in_run: list[str], runner_for: Callable[[Host], Callable[[], Runner]]) -> str:
+    """Before anything changes on `name`: its LAPI must answer from the host ('' when fine or not checkable).
+
+    Only for a LAPI that is not being installed in this same run (it may not be up yet)."""
+    host = inv.hosts[name]
+    found = lapi_of(inv, host)
+    if found is None or (found[1] is not None and found[1] in in_run):
+        return ""
+    reply = _call(runner_for(host), {"action": "check", "url": found[0], "host": name})
+    error = str(reply.get("error") or "")
+    # Only the LAPI's own answer counts here: a bare host without python3 yet is install's to fix.
+    if not reply.get("ok") and "LAPI " in error:
+        return f"crowdsec: {error} (nothing was changed on the host)"
+    return ""

@@ -74,6 +74,14 @@ def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], 
             report = inst.InstallReport(host.name, [inst.PhaseReport("connect", error=f"{type(exc).__name__}: {exc}")])
             emit(inst.format_phase(host.name, report.phases[0]))
             return report
+        from sipops.crowdsec_setup import preflight  # a LAPI that does not answer: nothing is touched
+
+        why = "" if check else preflight(t.inv, host.name, [h.name for h in t.hosts], t.runner)
+        if why:
+            runner.close()
+            report = inst.InstallReport(host.name, [inst.PhaseReport("crowdsec", error=why)])
+            emit(inst.format_phase(host.name, report.phases[0]))
+            return report
         try:
             return inst.install_host(
                 t.inv, host, ShellRunner(runner), check=check, push_files=push_files, skip=skipped, log=emit

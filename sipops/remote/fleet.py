@@ -155,6 +155,10 @@ def _push(
     emit = _printer(out)
 
     def one(name: str) -> HostResult:
+        why = _crowdsec_preflight(t, name, list(rendered))  # a LAPI that does not answer: nothing is touched
+        if why:
+            emit(f"{name}: FAILED: {why}")
+            return HostResult(name, "failed", reason=why)
         res = push_host(rendered[name], pre.factory(name), inv=t.inv, opts=opts, check=check, log=emit)
         if res.status == "changed":
             ran = f"; ran {', '.join(res.handlers)}" if res.handlers else "; no handler"
@@ -263,6 +267,12 @@ def rollback(t: Target, out: TextIO, *, to: str | None, list_only: bool, opts: P
     for line in summary_table(results):
         emit(line)
     return ExitCode.FAILURE if any(r.failed for r in results) else ExitCode.OK
+
+
+def _crowdsec_preflight(t: Target, name: str, in_run: list[str]) -> str:
+    from sipops.crowdsec_setup import preflight
+
+    return preflight(t.inv, name, in_run, t.runner)
 
 
 def _crowdsec_register(t: Target, names: list[str], emit: Callable[[str], None]) -> bool:

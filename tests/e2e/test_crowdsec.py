@@ -33,8 +33,8 @@ NETWORK = IPv4Network("198.18.64.0/20")  # no other test lab's range
 PROXIES = ("h1", "h2")
 LAPI = "h3"
 
-# An OPTIONS from a SIP scanner's User-Agent (the proxy role logs SIPOPS-SCANNER for it); with --probe it
-# waits for an answer and prints whether one came (a banned source gets none).
+# An OPTIONS from a SIP scanner's User-Agent (the proxy role logs SIPOPS-SCANNER for it and does not
+# answer); with `probe`, an ordinary OPTIONS that waits for an answer (a banned source gets none).
 SCANNER = """
 import socket, sys, os
 dst, probe = sys.argv[1], len(sys.argv) > 2
@@ -42,7 +42,8 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0); s.conne
 me = s.getsockname()[0]; tag = os.urandom(4).hex()
 msg = (f"OPTIONS sip:100@{dst} SIP/2.0\\r\\nVia: SIP/2.0/UDP {me}:{s.getsockname()[1]};branch=z9hG4bK{tag}\\r\\n"
        f"From: <sip:100@{me}>;tag={tag}\\r\\nTo: <sip:100@{dst}>\\r\\nCall-ID: {tag}@{me}\\r\\nCSeq: 1 OPTIONS\\r\\n"
-       "Max-Forwards: 70\\r\\nUser-Agent: friendly-scanner\\r\\nContent-Length: 0\\r\\n\\r\\n")
+       "Max-Forwards: 70\\r\\nUser-Agent: " + ("sipops-e2e-probe" if probe else "friendly-scanner")
+       + "\\r\\nContent-Length: 0\\r\\n\\r\\n")
 s.send(msg.encode())
 if probe:
     try:
@@ -97,6 +98,12 @@ class CsLab:
 def sipops(*args: str | Path) -> tuple[int, str]:
     res = CliRunner().invoke(app, [str(a) for a in args])
     return res.exit_code, res.stdout + res.stderr
+
+
+def lapi_decisions(lab: CsLab) -> set[str]:
+    """Values of the LAPI's live decisions (`cscli decisions list -o json`: alerts with their decisions)."""
+    alerts = json.loads(lab.cscli("decisions", "list", "-o", "json") or "null") or []
+    return {d["value"] for a in alerts for d in (a.get("decisions") or [])}
 
 
 def wait_for(what: Callable[[], bool], seconds: float, step: float = 0.1) -> float | None:
@@ -163,8 +170,7 @@ def test_a_scanner_banned_on_h1_is_dropped_by_h2_within_5_seconds(cslab: CsLab) 
     assert elem.get("comment") == "fleet:h1", elem
     assert 3000 < int(str(elem.get("expires", 0))) <= 3600, elem  # scanner bans: 1h, its remaining time
     assert cslab.scan("a1", "h2", probe=True) == "silent"
-    decisions = json.loads(cslab.cscli("decisions", "list", "-o", "json") or "[]")
-    assert any(d["decisions"][0]["value"] == a1 for d in decisions), decisions
+    assert a1 in lapi_decisions(cslab), cslab.cscli("decisions", "list", "-o", "json")
 
 
 def test_cscli_decisions_delete_lifts_it_everywhere(cslab: CsLab) -> None:
@@ -206,5 +212,21 @@ def test_a_lapi_stopped_loses_nothing_and_health_says_so(cslab: CsLab) -> None:
     finally:
         assert cslab.exec(LAPI, "systemctl", "start", "crowdsec").returncode == 0
     assert wait_for(lambda: a2 in cslab.ban4("h2"), 40, step=0.5) is not None, "the ban made meanwhile never arrived"
-    decisions = json.loads(cslab.cscli("decisions", "list", "-o", "json") or "[]")
-    assert any(d["decisions"][0]["value"] == a2 for d in decisions), decisions
+    assert a2 in lapi_decisions(cslab), cslab.cscli("decisions", "list", "-o", "json")
+
+
+def test_an_unreachable_lapi_is_one_line_naming_the_host_and_nothing_changes(cslab: CsLab) -> None:
+    original = cslab.inventory.read_text()
+    data = yaml.safe_load(original)
+    data["hosts"]["h2"].setdefault("vars", {}).update(crowdsec_lapi_url="http://198.18.64.250:8080", log_keep=7)
+    before = cslab.exec("h2", "sha256sum", "/etc/logrotate.d/opensips", "/etc/sipops/crowdsec.json").stdout
+    cslab.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        code, out = sipops("push", "h2", "-i", cslab.inventory)
+    finally:
+        cslab.inventory.write_text(original)
+    assert code == 1, out
+    lines = [ln for ln in out.splitlines() if "FAILED" in ln and "LAPI" in ln]
+    assert len(lines) == 1 and lines[0].startswith("h2: FAILED: crowdsec: LAPI 198.18.64.250:8080 unreachable"), out
+    after = cslab.exec("h2", "sha256sum", "/etc/logrotate.d/opensips", "/etc/sipops/crowdsec.json").stdout
+    assert after == before
