@@ -137,6 +137,9 @@ class FleetLink:
             self._outbox.extend(new)
             del self._outbox[:-OUTBOX_MAX]
             self._save_outbox()
+            down = self.link["up"] is not True
+        if down:  # health shows how many bans wait for the LAPI
+            self._save_state()
         self._wake.set()
 
     def take(self, live: dict[str, float]) -> FleetWork:
@@ -267,10 +270,12 @@ class FleetLink:
 
     def _set_link(self, up: bool, error: str, auth: bool = False) -> None:
         with self._lock:
+            changed = self.link["up"] is not up or self.link.get("error") != error
             if self.link["up"] is not up:
                 self.link["since"] = self.clock()
             self.link.update(up=up, error=error, auth=auth)
-        self._save_state()
+        if changed:  # not every second: with 10k decisions the file is ~1 MB
+            self._save_state()
 
     # -- files --------------------------------------------------------------------------------------
     def _save_state(self) -> None:
