@@ -177,8 +177,8 @@ def test_origin_tells_this_host_another_sipops_host_and_crowdsec_apart() -> None
     def d(origin: str, scenario: str) -> Decision:
         return Decision(1, "192.0.2.1", "Ip", "ban", 10, origin, scenario)
 
-    assert origin_of(d("sipops", "sipops/sip_scanner from h1"), "h1") == "local"
-    assert origin_of(d("sipops", "sipops/sip_scanner from h1"), "h2") == "fleet:h1"
+    assert origin_of(d("crowdsec", "sipops/sip_scanner from h1"), "h1") == "local"
+    assert origin_of(d("crowdsec", "sipops/sip_scanner from h1"), "h2") == "fleet:h1"
     assert origin_of(d("CAPI", "crowdsecurity/ssh-bf"), "h2") == "crowdsec-blocklist:crowdsecurity/ssh-bf"
     assert origin_of(d("cscli", "manual"), "h2") == "crowdsec-manual"
     assert origin_of(d("crowdsec", "crowdsecurity/sip-bf"), "h2") == "crowdsec:crowdsecurity/sip-bf"
@@ -193,7 +193,7 @@ def test_an_expired_token_is_renewed_once_and_the_alert_carries_its_decision(lap
     assert alert["source"] == {"scope": "Ip", "value": "192.0.2.7", "ip": "192.0.2.7"}
     assert alert["decisions"][0] == {
         "duration": "600s",
-        "origin": "sipops",
+        "origin": "crowdsec",
         "scenario": "sipops/sip_scanner from h1",
         "scope": "Ip",
         "type": "ban",
@@ -316,7 +316,7 @@ def test_the_watcher_writes_decisions_in_the_same_batch_as_its_own_bans_and_push
     rig.watcher.fleet = fl
     rig.watcher.start()
     rig.nft.batches.clear()
-    lapi.add("192.0.2.99", "10m0s", origin="sipops", scenario="sipops/sip_scanner from h2")
+    lapi.add("192.0.2.99", "10m0s", origin="crowdsec", scenario="sipops/sip_scanner from h2")
     lapi.add("198.51.100.31", "10m0s")  # a gateway of the allowlist: never applied
     fl.sync_once()
     rig.tables.append(table(FLOOD))

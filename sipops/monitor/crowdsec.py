@@ -10,8 +10,8 @@ Two identities, as the LAPI of Debian 12's crowdsec 1.4.6 serves them (API v1):
   expired); that is what goes to the kernel as the element's remaining time.
 
 Decisions this host pushed itself come back in the stream; they carry `from HOST` in their scenario
-(sipops/RULE from HOST), which is how `sipops bans` tells this host's rules, another sipops host and
-CrowdSec's own scenarios or blocklists apart (see origin_of).
+(sipops/RULE from HOST; their origin is `crowdsec`, as any agent's), which is how `sipops bans` tells
+this host's rules, another sipops host and CrowdSec's own scenarios or blocklists apart (origin_of).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from typing import Any
 
 API = "/v1"
 USER_AGENT = "sipops-watch/1 (crowdsec-lapi-v1)"
-ORIGIN = "sipops"  # the decisions' origin field: what sipops pushed
+# The decisions' origin: an agent's. `cscli decisions list` shows only crowdsec/cscli origins unless -a
+# (1.4.x's include_capi filter), so sipops' decisions are told apart by their scenario instead.
+ORIGIN = "crowdsec"
 SCENARIO_PREFIX = "sipops/"
 _GO_DURATION = re.compile(r"(-?)((?:\d+(?:\.\d+)?(?:h|ms|us|µs|ns|m|s))+)$")
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
@@ -119,7 +121,7 @@ class Decision:
 def origin_of(d: Decision, me: str) -> str:
     """Where a ban came from, as `sipops bans` shows it: this host, another sipops host, or CrowdSec."""
     host = _pushed_by(d.scenario)
-    if host is not None and d.origin == ORIGIN:
+    if host is not None:
         return "local" if host == me else f"fleet:{host}"
     if d.origin.lower() in ("capi", "lists"):
         return f"crowdsec-blocklist:{d.scenario}" if d.scenario else "crowdsec-blocklist"

@@ -101,8 +101,8 @@ def sipops(*args: str | Path) -> tuple[int, str]:
 
 
 def lapi_decisions(lab: CsLab) -> set[str]:
-    """Values of the LAPI's live decisions (`cscli decisions list -o json`: alerts with their decisions)."""
-    alerts = json.loads(lab.cscli("decisions", "list", "-o", "json") or "null") or []
+    """Values of the LAPI's live decisions (`cscli decisions list -a -o json`: alerts with their decisions)."""
+    alerts = json.loads(lab.cscli("decisions", "list", "-a", "-o", "json") or "null") or []
     return {d["value"] for a in alerts for d in (a.get("decisions") or [])}
 
 
@@ -170,7 +170,9 @@ def test_a_scanner_banned_on_h1_is_dropped_by_h2_within_5_seconds(cslab: CsLab) 
     assert elem.get("comment") == "fleet:h1", elem
     assert 3000 < int(str(elem.get("expires", 0))) <= 3600, elem  # scanner bans: 1h, its remaining time
     assert cslab.scan("a1", "h2", probe=True) == "silent"
-    assert a1 in lapi_decisions(cslab), cslab.cscli("decisions", "list", "-o", "json")
+    bans = json.loads(cslab.exec("h2", "/opt/sipops/bin/sipops", "bans", "--json").stdout)
+    assert [b["origin"] for b in bans if b["address"] == a1] == ["fleet:h1"], bans
+    assert a1 in lapi_decisions(cslab), cslab.cscli("alerts", "list", "-a", "-o", "json")[-3000:]
 
 
 def test_cscli_decisions_delete_lifts_it_everywhere(cslab: CsLab) -> None:
@@ -212,7 +214,7 @@ def test_a_lapi_stopped_loses_nothing_and_health_says_so(cslab: CsLab) -> None:
     finally:
         assert cslab.exec(LAPI, "systemctl", "start", "crowdsec").returncode == 0
     assert wait_for(lambda: a2 in cslab.ban4("h2"), 40, step=0.5) is not None, "the ban made meanwhile never arrived"
-    assert a2 in lapi_decisions(cslab), cslab.cscli("decisions", "list", "-o", "json")
+    assert a2 in lapi_decisions(cslab), cslab.cscli("alerts", "list", "-a", "-o", "json")[-3000:]
 
 
 def test_an_unreachable_lapi_is_one_line_naming_the_host_and_nothing_changes(cslab: CsLab) -> None:
