@@ -250,3 +250,49 @@ def test_hosts_boot_in_waves_of_four_per_core(tmp_path: Path) -> None:
     assert wave_size(2) == 8
     assert [[m.name for m in w] for w in waves(state.hosts(), 4)] == [
         ["h1", "h2", "h3", "h4"], ["h5", "h6", "h7", "h8"], ["h9", "h10"]]  # fmt: skip
+
+
+# --- lab up --opensips-source: the hosts build a release tarball (opensips_install: source) ---
+
+
+def _tarball(path: Path, top: str) -> Path:
+    import tarfile
+
+    src = path.parent / "src"
+    (src / top).mkdir(parents=True)
+    (src / top / "Makefile").write_text("all:\n")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / top, arcname=top)
+    return path
+
+
+def test_opensips_source_becomes_a_source_install_of_that_tarball_in_the_inventory(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    state.opensips_source, state.opensips_release, state.opensips_version = (
+        "/srv/opensips-3.4.18.tar.gz",
+        "3.4.18",
+        "3.4",
+    )
+    data = yaml.safe_load(inventory_text(state))["defaults"]["vars"]
+    assert (data["opensips_install"], data["opensips_source_url"]) == ("source", "/srv/opensips-3.4.18.tar.gz")
+    assert (data["opensips_version"], data["opensips_release"]) == ("3.4", "3.4.18")
+
+
+def test_the_release_of_a_source_tarball_is_its_top_folder(tmp_path: Path) -> None:
+    assert lifecycle.opensips_source_release(_tarball(tmp_path / "x.tar.gz", "opensips-3.6.8")) == "3.6.8"
+
+
+@pytest.mark.parametrize(
+    ("top", "why"), [("linux-6.1", "not an OpenSIPS release tarball"), ("opensips-4.0.1", "OpenSIPS 4.0")]
+)
+def test_lab_up_refuses_a_tarball_that_is_no_opensips_it_runs(tmp_path: Path, top: str, why: str) -> None:
+    (tmp_path / "t").mkdir()
+    tarball = _tarball(tmp_path / "t" / "x.tar.gz", top)
+    code, err = _run(["up", "--opensips-source", str(tarball), "--dir", str(tmp_path / "lab")])
+    assert code == 2 and err.count("\n") == 1 and "--opensips-source" in err and why in err, err
+
+
+def test_lab_up_takes_a_prefix_or_a_tarball_not_both(tmp_path: Path) -> None:
+    tarball = _tarball(tmp_path / "x.tar.gz", "opensips-3.6.8")
+    code, err = _run(["up", "--opensips-prefix", str(tmp_path), "--opensips-source", str(tarball)])
+    assert code == 2 and "not both" in err, err

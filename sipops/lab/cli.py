@@ -61,6 +61,13 @@ def up(
         Path | None,
         typer.Option("--opensips-prefix", help="Copy this local OpenSIPS install into every host at the same path."),
     ] = None,
+    opensips_source: Annotated[
+        Path | None,
+        typer.Option(
+            "--opensips-source",
+            help="An OpenSIPS release tarball (the official download): `sipops install` builds it on the hosts.",
+        ),
+    ] = None,
     directory: DirOption = None,
 ) -> None:
     """Boot the lab and write its inventory (the path is printed on stdout)."""
@@ -68,7 +75,12 @@ def up(
 
     try:
         opts = lifecycle.UpOptions(
-            hosts=hosts, attackers=attackers, release=release, rebuild=rebuild, opensips_prefix=opensips_prefix
+            hosts=hosts,
+            attackers=attackers,
+            release=release,
+            rebuild=rebuild,
+            opensips_prefix=opensips_prefix,
+            opensips_source=opensips_source,
         )
         result = lifecycle.up(lifecycle.lab_dir(directory), opts, log=_err)
     except (InputError, LabError) as exc:

@@ -61,6 +61,14 @@ def inventory_data(state: LabState) -> dict[str, Any]:
         defaults["vars"].update(opensips_install="existing", opensips_prefix=state.opensips_prefix)
         if state.opensips_version:
             defaults["vars"]["opensips_version"] = state.opensips_version
+    elif state.opensips_source:
+        # `sipops install` uploads the tarball and builds OpenSIPS on each host (source install).
+        defaults["vars"].update(
+            opensips_install="source",
+            opensips_source_url=state.opensips_source,
+            opensips_version=state.opensips_version,
+            opensips_release=state.opensips_release,
+        )
     return {
         "defaults": defaults,
         "hosts": {m.name: _host_entry(i, hosts) for i, m in enumerate(hosts, 1)},

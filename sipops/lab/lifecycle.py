@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ class UpOptions:
     release: str = "bookworm"
     rebuild: bool = False
     opensips_prefix: Path | None = None
+    opensips_source: Path | None = None  # a release tarball the hosts build (opensips_install: source)
     prefix: str = DEFAULT_PREFIX
     network: IPv4Network = DEFAULT_NETWORK
     boot_timeout: float = 60.0
@@ -69,6 +71,12 @@ def _check_options(opts: UpOptions) -> Naming:
     if not _RELEASE.match(opts.release):
         raise InputError(f"not a Debian release name: {opts.release!r}", field="--release")
     prefix = opts.opensips_prefix
+    if opts.opensips_source is not None:
+        if prefix is not None:
+            raise InputError("give --opensips-prefix or --opensips-source, not both", field="--opensips-source")
+        if not opts.opensips_source.is_file():
+            message = f"must be an OpenSIPS release tarball (.tar.gz), got {str(opts.opensips_source)!r}"
+            raise InputError(message, field="--opensips-source")
     if prefix is not None and (not prefix.is_absolute() or not prefix.is_dir() or prefix == Path("/")):
         message = f"must be an existing absolute directory other than /, got {str(prefix)!r}"
         raise InputError(message, field="--opensips-prefix")
@@ -77,6 +85,27 @@ def _check_options(opts: UpOptions) -> Naming:
         message = f"{prefix} would be hidden inside the hosts (a tmpfs or API filesystem is mounted there)"
         raise InputError(message, field="--opensips-prefix")
     return Naming(opts.prefix, opts.network)
+
+
+_SOURCE_TOP = re.compile(r"^(?:\./)?opensips-(\d+\.\d+)\.(\d+)/?")
+
+
+def opensips_source_release(tarball: Path) -> str:
+    """The full release (3.6.8) of an OpenSIPS release tarball, from its one top folder `opensips-X.Y.Z/`."""
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            first = tar.next()
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise InputError(f"{tarball}: not a readable .tar.gz ({exc})", field="--opensips-source") from None
+    m = _SOURCE_TOP.match(first.name) if first is not None else None
+    if m is None:
+        top = first.name.split("/")[0] if first is not None else "nothing"
+        message = f"{tarball}: not an OpenSIPS release tarball (its top folder is {top!r}, not opensips-X.Y.Z)"
+        raise InputError(message, field="--opensips-source")
+    if m.group(1) not in ("3.4", "3.6"):
+        message = f"{tarball} is OpenSIPS {m.group(1)}; sipops runs 3.4 and 3.6"
+        raise InputError(message, field="--opensips-source")
+    return f"{m.group(1)}.{m.group(2)}"
 
 
 def opensips_line(prefix: Path) -> str:
@@ -125,6 +154,7 @@ def up(directory: Path, opts: UpOptions, *, log: Callable[[str], None] = print) 
     """Build (or reuse) the base, then network, layers and boot; any failure undoes what was made."""
     started = time.monotonic()
     naming = _check_options(opts)
+    source_release = opensips_source_release(opts.opensips_source) if opts.opensips_source else None
     preflight()
     old = LabState.load(directory)
     if old is not None and old.members:
@@ -132,6 +162,11 @@ def up(directory: Path, opts: UpOptions, *, log: Callable[[str], None] = print) 
     state = _plan(directory, opts, naming)
     if opts.opensips_prefix:
         state.opensips_version = opensips_line(opts.opensips_prefix)
+    if opts.opensips_source and source_release:
+        # The hosts build it on `sipops install` (build deps through the lab's package proxy).
+        state.opensips_source = str(opts.opensips_source.absolute())
+        state.opensips_release = source_release
+        state.opensips_version = source_release.rsplit(".", 1)[0]
     _refuse_foreign(state)
     directory.mkdir(parents=True, exist_ok=True)
     if not rootfs.base_ready(rootfs.base_path(opts.release)) or opts.rebuild:

@@ -104,7 +104,9 @@ class LabState:
     release: str = "bookworm"
     base: str = ""
     opensips_prefix: str | None = None
-    opensips_version: str | None = None  # its LTS line (3.4, 3.6), from `opensips -V`
+    opensips_version: str | None = None  # its LTS line (3.4, 3.6), from `opensips -V` or the tarball
+    opensips_source: str | None = None  # a release tarball on this machine the hosts build from
+    opensips_release: str | None = None  # its full release (3.6.8)
     route_added: bool = False  # the unreachable guard route was added by us (else it was there)
     bridge_created: bool = False
     apt_proxy_pid: int | None = None  # sipops.lab.aptproxy on the bridge address

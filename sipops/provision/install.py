@@ -22,7 +22,7 @@ from sipops.paths import cache_dir
 from sipops.provision import agent, plan
 from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
 from sipops.provision.runner import InstallFacts, ShellRunner, gather, run_steps
-from sipops.provision.steps import PhasePlan, Step, StepResult, q
+from sipops.provision.steps import PhasePlan, Step, StepResult, StepWatch, q
 
 
 @dataclass
@@ -127,7 +127,12 @@ def install_host(
     push_files: PushFiles,
     skip: set[str] | None = None,
     log: Callable[[str], None] = print,
+    watch: Callable[[str], StepWatch] | None = None,
 ) -> InstallReport:
+    """Every phase in order on one host, stopping at the first that fails.
+
+    watch: given a phase's name, what is told about its steps as they run (live progress).
+    """
     report = InstallReport(host.name)
 
     def record(phase: PhaseReport) -> bool:
@@ -198,7 +203,8 @@ def install_host(
             phase = by_name.get(name)
         if phase is None:
             continue
-        results = run_steps(runner, phase.steps, check=check) if phase.steps else []
+        watcher = watch(name) if watch is not None else None
+        results = run_steps(runner, phase.steps, check=check, watch=watcher) if phase.steps else []
         if not record(PhaseReport(name, results, phase.note)):
             return report
     return report

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
 
 from sipops.errors import ExitCode
 from sipops.inventory import Host
 from sipops.provision import install as inst
+from sipops.provision.progress import Board
 from sipops.provision.runner import ShellRunner
 from sipops.provision.steps import StepResult
 from sipops.remote.apply import PushOptions, push_host
@@ -38,12 +38,13 @@ def without_opensips(rendered: HostRender) -> HostRender:
 
 
 def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], opts: PushOptions) -> int:
-    lock = threading.Lock()
+    # Long steps (a package download, a source build) show live on a terminal, as plain lines elsewhere.
+    with Board(out, live=out.isatty()) as board:
+        return _install(t, board, forks=forks, check=check, skip=skip, opts=opts)
 
-    def emit(text: str) -> None:
-        with lock:
-            out.write(text.rstrip("\n") + "\n")
-            out.flush()
+
+def _install(t: Target, board: Board, *, forks: int, check: bool, skip: set[str], opts: PushOptions) -> int:
+    emit = board.print
 
     skipped = set(skip)
     if "opensips" in skipped:
@@ -84,7 +85,14 @@ def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], 
             return report
         try:
             return inst.install_host(
-                t.inv, host, ShellRunner(runner), check=check, push_files=push_files, skip=skipped, log=emit
+                t.inv,
+                host,
+                ShellRunner(runner),
+                check=check,
+                push_files=push_files,
+                skip=skipped,
+                log=emit,
+                watch=lambda phase: board.watch(host.name, phase),
             )
         finally:
             runner.close()

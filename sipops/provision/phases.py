@@ -14,10 +14,15 @@ SOURCE_URL = "https://opensips.org/pub/opensips/{release}/opensips-{release}.tar
 APT_KEYRING = "/usr/share/keyrings/opensips-org.gpg"
 APT_LIST = "/etc/apt/sources.list.d/opensips.list"
 BUILD_MARKER = ".sipops-build"
+# Built into the core (net/ in the source tree): never in a module= list, no .so of their own.
+CORE_MODULES = frozenset({"proto_udp", "proto_tcp"})
+# Database modules whose schema files the database phase loads (share/opensips/<db>/).
+_SCHEMA_DBS = frozenset({"db_sqlite", "db_mysql", "db_postgres"})
 
 _BUILD_BASE = {
     "apt": [
         "gcc",
+        "libc6-dev",  # only a Recommends of gcc, and recommends are not installed
         "make",
         "bison",
         "flex",
@@ -216,23 +221,40 @@ def _source(inp: InstallInputs) -> PhasePlan:
                 f"upload {inp.source}", f"test -s {tarball}", unless=f"test -s {tarball}", upload=(inp.source, tarball)
             )
         )
-    modules = " ".join(sorted(dict.fromkeys(inp.modules)))
+    modules = " ".join(sorted(m for m in dict.fromkeys(inp.modules) if m not in CORE_MODULES))
     stamp = f"{inp.release} {modules}"
     marker = f"{SOURCE_PREFIX}/{BUILD_MARKER}"
-    build_dir = f"{src_dir}/opensips-{inp.release}"
-    make_args = f"prefix={SOURCE_PREFIX} include_modules={q(modules)}"
     plan.steps.append(
         Step(
             f"build and install {inp.release} with {modules}",
-            f"rm -rf {build_dir} && mkdir -p {build_dir} && tar -xzf {tarball} -C {build_dir} --strip-components=1"
-            f' && cd {build_dir} && make -j"$(nproc)" all {make_args} && make install {make_args}'
-            f" && printf '%s\\n' {q(stamp)} > {marker}",
+            _build_script(tarball, f"{src_dir}/opensips-{inp.release}", modules, inp.layout.share_dir)
+            + f" && printf '%s\\n' {q(stamp)} > {marker}",
             # Rebuild only when the release or the module set changed.
             unless=f"test -x {inp.layout.bin} && grep -qxF {q(stamp)} {marker}",
         )
     )
     plan.steps += _ready_to_run(inp)
     return plan
+
+
+def _build_script(tarball: str, build_dir: str, modules: str, share_dir: str) -> str:
+    """Unpack, build the core and only `modules` (module= replaces the default list: minutes, not ten), install.
+
+    prefix= goes to the build as well as to the install: the cfg and module paths are compiled in.
+    """
+    make_args = f"prefix={SOURCE_PREFIX}/ module={q(modules)}"
+    # 3.6 installs each db module's schemas (install-modules-dbschema); 3.4's Makefile has no such target and
+    # its packages ship scripts/<db>/ under share/opensips, so those are copied the same way.
+    dbs = " ".join(m.removeprefix("db_") for m in modules.split() if m in _SCHEMA_DBS)
+    return (
+        f"rm -rf {build_dir} && mkdir -p {build_dir} && tar -xzf {tarball} -C {build_dir} --strip-components=1"
+        f" && cd {build_dir}"
+        " && if grep -q '^install-modules-dbschema:' Makefile; then schemas=install-modules-dbschema; else schemas=; fi"
+        f' && make -j"$(nproc)" app modules {make_args}'
+        f" && make install-bin install-cfg install-modules $schemas {make_args}"
+        f' && if [ -z "$schemas" ]; then for db in {dbs}; do mkdir -p {share_dir}'
+        f" && cp -r scripts/$db {share_dir}/ || exit 1; done; fi"
+    )
 
 
 def _ready_to_run(inp: InstallInputs) -> list[Step]:
@@ -257,11 +279,7 @@ def _runtime_libs(inp: InstallInputs) -> list[str]:
 
 def _libraries_found(layout: OpenSIPSLayout, modules: tuple[str, ...]) -> Step:
     """Every shared library of the binary and the loaded modules resolves (ldd says none is missing)."""
-    files = [layout.bin] + [
-        f"{layout.mpath.rstrip('/')}/{m}.so"
-        for m in sorted(modules)
-        if not m.startswith("proto_u") and m != "proto_tcp"
-    ]
+    files = [layout.bin] + [f"{layout.mpath.rstrip('/')}/{m}.so" for m in sorted(modules) if m not in CORE_MODULES]
     check = f'for f in {" ".join(files)}; do test -e "$f" || continue; ldd "$f"; done | grep -q \'not found\''
     return Step(
         "OpenSIPS and its modules find every shared library",

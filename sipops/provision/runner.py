@@ -7,8 +7,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sipops.provision.steps import Step, StepResult, parse, script
-from sipops.remote.runner import RemoteError, Runner
+from sipops.provision.steps import Step, StepResult, StepStream, StepWatch, parse, script
+from sipops.remote.runner import OnOutput, RemoteError, Runner
 
 
 class ShellRunner:
@@ -18,9 +18,9 @@ class ShellRunner:
         self.runner = runner
         self.name = runner.name
 
-    def sh(self, text: str, *, timeout: float) -> tuple[int, str]:
+    def sh(self, text: str, *, timeout: float, on_output: OnOutput | None = None) -> tuple[int, str]:
         # $SSH_CLIENT is expanded by the login shell before sudo, which would drop it.
-        out = self.runner.exec('env SIPOPS_SSH_CLIENT="$SSH_CLIENT" sh -s', text.encode(), timeout)
+        out = self.runner.exec('env SIPOPS_SSH_CLIENT="$SSH_CLIENT" sh -s', text.encode(), timeout, on_output)
         return out.rc, (out.stdout + out.stderr).decode(errors="replace")
 
     def put(self, local: str, remote: str) -> None:
@@ -36,13 +36,24 @@ class ShellRunner:
             raise RemoteError(f"upload of {remote} failed: {out.stderr.decode(errors='replace').strip()}")
 
 
-def run_steps(runner: ShellRunner, steps: list[Step], *, check: bool, timeout: float = 1800) -> list[StepResult]:
-    """Uploads first (skipped in check mode), then the phase script in one round trip."""
+def run_steps(
+    runner: ShellRunner, steps: list[Step], *, check: bool, timeout: float = 1800, watch: StepWatch | None = None
+) -> list[StepResult]:
+    """Uploads first (skipped in check mode), then the phase script in one round trip.
+
+    watch: told which step runs and what it prints while the script runs (live progress).
+    """
     if not check:
         for step in steps:
             if step.upload is not None:
                 runner.put(*step.upload)
-    _, out = runner.sh(script(steps, check=check, env={"DEBIAN_FRONTEND": "noninteractive"}), timeout=timeout)
+    text = script(steps, check=check, env={"DEBIAN_FRONTEND": "noninteractive"})
+    stream = StepStream(steps, watch) if watch is not None else None
+    try:
+        _, out = runner.sh(text, timeout=timeout, on_output=stream.feed if stream else None)
+    finally:
+        if stream is not None:
+            stream.close()
     return parse(steps, out)
 
 

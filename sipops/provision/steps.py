@@ -2,7 +2,9 @@
 
 A phase's steps run on the host as ONE shell script (one SSH round trip per phase). Each step
 prints a marker line the controller parses: ok (guard true, nothing to do), would (check mode),
-changed, or failed with the tail of the step's output.
+run (starting) then changed, or failed with the tail of the step's output. While a step runs, its
+output streams back on the same channel (a `tail -f` of its log), so the controller can show what a
+long step (a package download, a source build) is doing; see sipops.provision.progress.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 
 MARK = "@@sipops-step"
+FAILURE_LINES = 40  # the tail of a failed step's output that comes back with the failure
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,30 @@ def script(steps: list[Step], *, check: bool, env: dict[str, str] | None = None)
         done = "ok" if step.verify else "changed"
         if check and not step.verify:
             lines.append(f"else echo '{MARK} {i} would'")
+            lines.append("fi")
+            continue
+        lines.append(f"else echo '{MARK} {i} run'")
+        # The step writes to its log (never to the channel: a daemon it starts cannot hold the channel open)
+        # and reads nothing from it (stdin is this script). A secret step's output never leaves the host.
+        lines.append(f'  ( {step.run} ) >"$log" 2>&1 </dev/null & pid=$!')
+        if not step.secret:
+            lines.append('  tail -n +1 -f "$log" 2>/dev/null & t=$!; wait $pid; rc=$?; kill $t 2>/dev/null; wait $t')
         else:
-            lines.append(f"else if ( {step.run} ) >\"$log\" 2>&1; then echo '{MARK} {i} {done}'")
-            tail = "" if step.secret else 'tail -n 40 "$log";'
-            lines.append(f"else rc=$?; echo '{MARK} {i} failed'; {tail} exit 1; fi")
+            lines.append("  wait $pid; rc=$?")
+        # The marker starts a line of its own even when the streamed output stopped mid-line.
+        lines.append(f"  if [ $rc -eq 0 ]; then printf '\\n%s\\n' '{MARK} {i} {done}'")
+        tail = "" if step.secret else f'tail -n {FAILURE_LINES} "$log";'
+        lines.append(f"  else printf '\\n%s\\n' '{MARK} {i} failed'; {tail} exit 1; fi")
         lines.append("fi")
     return "\n".join(lines) + "\n"
 
 
 def parse(steps: list[Step], output: str) -> list[StepResult]:
-    """Results per step from a script's output; steps after a failure are `skipped`."""
+    """Results per step from a script's output; steps after a failure are `skipped`.
+
+    A step still `run`ning when the output ends (the connection or the host went away) failed, with the
+    last lines it streamed.
+    """
     status: dict[int, str] = {}
     extra: dict[int, list[str]] = {}
     current = -1
@@ -72,14 +89,64 @@ def parse(steps: list[Step], output: str) -> list[StepResult]:
             _, idx, state = line.split(" ", 2)
             current = int(idx)
             status[current] = state
+            if state != "failed":
+                extra.pop(current, None)  # what it streamed while running is progress, not a result
             continue
-        if current >= 0 and status.get(current) == "failed":
-            extra.setdefault(current, []).append(line)
+        if current >= 0 and status.get(current) in ("failed", "run") and line:
+            kept = extra.setdefault(current, [])
+            kept.append(line)
+            del kept[:-FAILURE_LINES]
     out = []
     for i, step in enumerate(steps):
+        state = status.get(i, "skipped")
         text = "" if step.secret else "\n".join(extra.get(i, []))
-        out.append(StepResult(step.name, status.get(i, "skipped"), text))
+        out.append(StepResult(step.name, "failed" if state == "run" else state, text))
     return out
+
+
+class StepWatch:
+    """What a live view is told while a phase script runs; the default ignores it all."""
+
+    def started(self, step: str) -> None:
+        return None
+
+    def output(self, line: str) -> None:
+        return None
+
+    def finished(self) -> None:
+        return None
+
+
+class StepStream:
+    """Turns a phase script's output, as it arrives in chunks, into StepWatch calls."""
+
+    def __init__(self, steps: list[Step], watch: StepWatch) -> None:
+        self.steps = steps
+        self.watch = watch
+        self._partial = b""
+        self._running = False
+
+    def feed(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            self._line(raw.decode(errors="replace"))
+
+    def close(self) -> None:
+        if self._running:
+            self._running = False
+            self.watch.finished()
+
+    def _line(self, line: str) -> None:
+        if line.startswith(MARK + " "):
+            _, idx, state = line.split(" ", 2)
+            if self._running:
+                self._running = False
+                self.watch.finished()
+            if state == "run" and idx.isdigit() and int(idx) < len(self.steps):
+                self._running = True
+                self.watch.started(self.steps[int(idx)].name)
+        elif self._running and line.strip():
+            self.watch.output(line)
 
 
 def q(text: str) -> str:

@@ -14,7 +14,9 @@ import marshal
 import os
 import select
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -55,10 +57,14 @@ class Output:
     stderr: bytes
 
 
+# Called with each piece of the command's stdout as it arrives (live progress of a long command).
+OnOutput = Callable[[bytes], None]
+
+
 class Runner(Protocol):
     name: str
 
-    def exec(self, command: str, stdin: bytes, timeout: float) -> Output: ...
+    def exec(self, command: str, stdin: bytes, timeout: float, on_output: OnOutput | None = None) -> Output: ...
     def close(self) -> None: ...
 
 
@@ -116,9 +122,11 @@ class LocalRunner:
     def __init__(self, name: str = "localhost") -> None:
         self.name = name
 
-    def exec(self, command: str, stdin: bytes, timeout: float) -> Output:
-        proc = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, timeout=timeout, check=False)
-        return Output(proc.returncode, proc.stdout, proc.stderr)
+    def exec(self, command: str, stdin: bytes, timeout: float, on_output: OnOutput | None = None) -> Output:
+        if on_output is None:
+            proc = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, timeout=timeout, check=False)
+            return Output(proc.returncode, proc.stdout, proc.stderr)
+        return _stream_local(command, stdin, timeout, on_output)
 
     def close(self) -> None:
         pass
@@ -140,7 +148,7 @@ class SSHRunner:
         self.prefix = sudo_prefix(host.ssh.user)
         self.conn = Client(host, accept_new_host_key=accept_new_host_key)
 
-    def exec(self, command: str, stdin: bytes, timeout: float) -> Output:
+    def exec(self, command: str, stdin: bytes, timeout: float, on_output: OnOutput | None = None) -> Output:
         try:
             self.conn.open()
             assert self.conn.client is not None
@@ -150,7 +158,7 @@ class SSHRunner:
             chan.exec_command(self.prefix + command)
             chan.sendall(stdin)
             chan.shutdown_write()
-            return _drain(chan, timeout)
+            return _drain(chan, timeout, on_output)
         except (OSError, EOFError) as exc:
             raise RemoteError(f"connection lost: {exc or type(exc).__name__}") from exc
         except Exception as exc:
@@ -162,12 +170,15 @@ class SSHRunner:
         self.conn.close()
 
 
-def _drain(chan: Any, timeout: float) -> Output:
+def _drain(chan: Any, timeout: float, on_output: OnOutput | None = None) -> Output:
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + timeout
     while True:
         if chan.recv_ready():
-            out += chan.recv(1 << 16)
+            chunk = chan.recv(1 << 16)
+            out += chunk
+            if on_output is not None:
+                on_output(chunk)
             continue
         if chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
@@ -176,7 +187,10 @@ def _drain(chan: Any, timeout: float) -> Output:
             rc = chan.recv_exit_status()
             # late data after the exit status
             while chan.recv_ready():
-                out += chan.recv(1 << 16)
+                chunk = chan.recv(1 << 16)
+                out += chunk
+                if on_output is not None:
+                    on_output(chunk)
             chan.close()
             return Output(rc, bytes(out), bytes(err))
         if chan.closed and not chan.exit_status_ready():
@@ -185,6 +199,53 @@ def _drain(chan: Any, timeout: float) -> Output:
             chan.close()
             raise RemoteError(f"no answer within {timeout:.0f}s")
         select.select([chan], [], [], 0.05)
+
+
+def _stream_local(command: str, stdin: bytes, timeout: float, on_output: OnOutput) -> Output:
+    """LocalRunner.exec with stdout handed on as it comes (stdin fed and stderr read by threads)."""
+    proc = subprocess.Popen(
+        ["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    err: list[bytes] = []
+
+    def feed(pipe: Any) -> None:
+        try:
+            pipe.write(stdin)
+        except BrokenPipeError:
+            pass
+        finally:
+            pipe.close()
+
+    threads = [
+        threading.Thread(target=feed, args=(proc.stdin,), daemon=True),
+        threading.Thread(target=lambda pipe=proc.stderr: err.append(pipe.read()), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    out = bytearray()
+    try:
+        while chunk := os.read(proc.stdout.fileno(), 1 << 16):
+            out += chunk
+            on_output(chunk)
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    for t in threads:
+        t.join()
+    proc.stdout.close()
+    proc.stderr.close()
+    if expired.is_set():  # as subprocess.run(timeout=) says it
+        raise subprocess.TimeoutExpired(command, timeout)
+    return Output(rc, bytes(out), b"".join(err))
 
 
 def local_root_path(root: Path | None, path: str) -> str:
