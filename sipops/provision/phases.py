@@ -254,6 +254,7 @@ def _build_script(tarball: str, build_dir: str, modules: str, share_dir: str) ->
         f" && make install-bin install-cfg install-modules $schemas {make_args}"
         f' && if [ -z "$schemas" ]; then for db in {dbs}; do mkdir -p {share_dir}'
         f" && cp -r scripts/$db {share_dir}/ || exit 1; done; fi"
+        f" && cd / && rm -rf {build_dir}"  # the objects of a build are not kept on a proxy (the tarball is)
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,14 +25,21 @@ class ShellRunner:
         return out.rc, (out.stdout + out.stderr).decode(errors="replace")
 
     def put(self, local: str, remote: str) -> None:
-        """Send a file over the same connection (stdin of one command), renamed into place whole."""
+        """Send a file over the same connection (stdin of one command), renamed into place whole.
+
+        Skipped when the host already has it (same sha256): a release tarball is megabytes, every run.
+        """
+        data = Path(local).read_bytes()
+        have = self.runner.exec(f"sha256sum {shlex.quote(remote)} 2>/dev/null", b"", 60)
+        if have.rc == 0 and have.stdout.split(b" ", 1)[0].decode(errors="replace") == hashlib.sha256(data).hexdigest():
+            return
         path = PurePosixPath(remote)
         tmp = f"{path.parent}/.{path.name}.sipops-tmp"
         cmd = (
             f"install -d -m 0755 {shlex.quote(str(path.parent))} && cat > {shlex.quote(tmp)}"
             f" && mv -f {shlex.quote(tmp)} {shlex.quote(remote)}"
         )
-        out = self.runner.exec(cmd, Path(local).read_bytes(), 600)
+        out = self.runner.exec(cmd, data, 600)
         if out.rc != 0:
             raise RemoteError(f"upload of {remote} failed: {out.stderr.decode(errors='replace').strip()}")
 
