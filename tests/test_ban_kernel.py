@@ -225,3 +225,55 @@ def test_the_ipset_backend_drops_a_banned_source_with_one_rule() -> None:
         backend.unban(["10.77.0.2"])
         assert reachable(attacker, "10.77.0.1")
         assert backend.intact()
+
+
+SYN_FLOOD = (
+    "import socket, time\n"
+    "end = time.monotonic() + 5\n"  # at most 400 SYNs in at most 5 s, well over the meter's 100/s
+    "for _ in range(400):\n"
+    "    if time.monotonic() > end: break\n"
+    "    s = socket.socket(); s.setblocking(False)\n"
+    "    try: s.connect(('10.77.0.1', 5060))\n"
+    "    except OSError: pass\n"
+    "    s.close()\n"
+)
+
+
+def test_a_syn_meter_ban_is_listed_journaled_by_the_watcher_and_unbanned_truthfully(tmp_path: Path) -> None:
+    """The rendered firewall's meter bans a SYN flooder from the packet path; `sipops bans` shows it as
+    syn_meter with its time left, the watcher journals it, `unban` says it took it out of the kernel."""
+    inv = load_inventory(ROOT / "inventory.example.yaml")
+    res = render_host(inv, inv.hosts["edge1"])
+    nft_file = next(f for f in res.files if f.dest == "/etc/sipops/firewall.nft")
+    path = tmp_path / "firewall.nft"
+    path.write_bytes(nft_file.content)
+    journal = tmp_path / "bans.sqlite"
+    cli = ["ip", "netns", "exec"]
+    sipops = str(Path(sys.executable).with_name("sipops"))  # the CLI of this venv
+    with netns_pair("mt") as (victim, attacker), serving(victim):
+        sh("nft", "-f", str(path), ns=victim)
+        sh(sys.executable, "-c", SYN_FLOOD, ns=attacker)
+        assert "10.77.0.2" in elements(victim, "ban4")  # the meter's doing, no comment
+        listed = json.loads(sh(sipops, "bans", "--json", "--journal", str(journal), ns=victim))
+        assert [(b["address"], b["rule"], b["origin"], b["in_kernel"]) for b in listed] == [
+            ("10.77.0.2", "syn_meter", "kernel meter", True)
+        ]
+        assert 500 < listed[0]["remaining"] <= 600  # ban_timeout 10m of the example inventory
+        text = sh(sipops, "bans", "--journal", str(journal), ns=victim)
+        assert "10.77.0.2" in text and "syn_meter" in text and "kernel meter" in text
+        # The watcher finds it on its first poll and journals it with the time it has left.
+        backend = NftBackend(NftCliExecutor(prefix=[*cli, victim]))
+        cfg = WatchConfig(ports=[5060], ban=True)
+        watcher = Watcher(cfg, Journal(journal), backend, allow.build([], host_addresses=[], env={}), events=[].append)
+        with entered(victim):
+            watcher.start()
+            result = watcher.poll()
+        assert [(r.address, r.rule) for r in result.banned] == [("10.77.0.2", "syn_meter")]
+        rec = Journal(journal).get("10.77.0.2")
+        assert rec is not None and rec.rule == "syn_meter" and 500 < rec.until - time.time() <= 600
+        out = sh(sipops, "unban", "10.77.0.2", "--journal", str(journal), ns=victim)
+        assert out.startswith("unbanned 10.77.0.2: removed from the kernel (nftables set ban4, rule syn_meter")
+        assert "and the journal" in out
+        assert "10.77.0.2" not in elements(victim, "ban4")
+        again = sh(sipops, "unban", "10.77.0.2", "--journal", str(journal), ns=victim)
+        assert again.strip() == "10.77.0.2 was not banned (neither in the kernel nor in the journal): nothing removed"

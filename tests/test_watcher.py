@@ -28,8 +28,13 @@ class RecordingNft:
     def __init__(self) -> None:
         self.batches: list[str] = []
         self.canary = True
+        self.listing = ""  # what `list table` prints (the meter's elements)
+        self.listings = 0
 
     def run(self, batch: str) -> str:
+        if batch.startswith("list table"):
+            self.listings += 1
+            return self.listing
         if batch.startswith("get element"):
             if not self.canary:
                 from sipops.monitor.ban import BanBackendError

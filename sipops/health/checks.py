@@ -236,11 +236,12 @@ def check_watcher(cfg: HealthConfig, src: Sources, state: dict[str, Any]) -> Che
 
 
 def check_bans(cfg: HealthConfig, src: Sources, state: dict[str, Any]) -> CheckResult:
-    """The number of live bans of the watcher."""
+    """The number of live bans: every element of the kernel sets, and journaled bans the kernel lacks."""
     count, why = src.bans()
     if count is None:
         return CheckResult("bans", Status.UNKNOWN, why)
     t = cfg.thresholds
     status = level(count, t.bans_warning, t.bans_critical)
-    metric = Metric("bans", count, "", t.bans_warning, t.bans_critical, 0, help="live bans of the watcher")
-    return CheckResult("bans", status, f"{count} live bans", [metric])
+    metric = Metric("bans", count, "", t.bans_warning, t.bans_critical, 0, help="live bans (kernel sets and journal)")
+    # why, on success: what the count holds besides journaled bans (kernel meter bans, gaps)
+    return CheckResult("bans", status, f"{count} live bans" + (f" ({why})" if why else ""), [metric])

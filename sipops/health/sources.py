@@ -27,7 +27,7 @@ class Sources(Protocol):
     def mi(self, method: str, params: dict[str, Any] | None = None) -> Any: ...
     def disk(self, path: str) -> tuple[int, int]: ...  # (total, available) bytes
     def service_state(self, unit: str) -> str: ...  # active | inactive | failed | not-found | ...
-    def bans(self) -> tuple[int | None, str]: ...  # (live bans, or None and why not)
+    def bans(self) -> tuple[int | None, str]: ...  # (live bans and notes, or None and why not)
 
 
 class HostSources:
@@ -119,6 +119,17 @@ def count_tcp(ports: set[int]) -> int:
     return sum(stats.total for port, stats in table.ports.items() if port in ports)
 
 
+def _ban_notes(rows: list[dict[str, Any]]) -> str:
+    """What the count holds besides the watcher's own bans (`sipops bans` lists the kernel sets too)."""
+    meter = sum(1 for r in rows if r.get("origin") == "kernel meter")
+    unjournaled = sum(1 for r in rows if r.get("origin") == "kernel")
+    missing = sum(1 for r in rows if r.get("in_kernel") is False and r.get("live"))
+    notes = [f"{meter} by the firewall's meter, not journaled yet"] if meter else []
+    notes += [f"{unjournaled} in the kernel sets only"] if unjournaled else []
+    notes += [f"{missing} journaled but not in the kernel"] if missing else []
+    return "; ".join(notes)
+
+
 def count_bans(text: str) -> tuple[int | None, str]:
     """The number of bans in `sipops bans --json` output: a list, or an object with `bans` or `count`."""
     try:
@@ -126,7 +137,7 @@ def count_bans(text: str) -> tuple[int | None, str]:
     except json.JSONDecodeError:
         return None, "`sipops bans --json` printed no JSON"
     if isinstance(data, list):
-        return len(data), ""
+        return len(data), _ban_notes([row for row in data if isinstance(row, dict)])
     if isinstance(data, dict):
         if isinstance(data.get("count"), int):
             return int(data["count"]), ""

@@ -128,13 +128,24 @@ def ban_command(
             raise typer.Exit(ExitCode.FAILURE)
 
 
+def _kernel(be: Any) -> tuple[list[Any] | None, str]:
+    """The ban sets' elements (kernelbans.read), or None and why they could not be read."""
+    from sipops.monitor import kernelbans
+    from sipops.monitor.ban import BanBackendError
+
+    try:
+        return kernelbans.read(be), ""
+    except BanBackendError as exc:
+        return None, str(exc).splitlines()[0]
+
+
 def unban_command(
     addresses: Annotated[list[str], typer.Argument(metavar="ADDR...", help="IP addresses or CIDRs")],
     journal: JournalOpt = None,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Lift bans in the kernel and the journal (they stay lifted across restarts)."""
-    from sipops.monitor.ban import BanBackendError
+    """Lift bans in the kernel and the journal (they stay lifted across restarts); says what was removed where."""
+    from sipops.monitor.ban import BanBackendError, format_duration
     from sipops.monitor.watch import format_event, syslog_sink
 
     try:
@@ -143,6 +154,8 @@ def unban_command(
     except InputError as exc:
         _fail(exc)
     jr = _journal(journal)
+    kernel, why = _kernel(be)  # read first: the answer says what was there, whoever put it there
+    before = {k.address: k for k in kernel or []}
     was_live = set(jr.unban(addrs))
     try:
         be.unban(addrs)
@@ -150,36 +163,76 @@ def unban_command(
         typer.echo(f"sipops: {exc}", err=True)
         raise typer.Exit(ExitCode.FAILURE) from None
     for a in addrs:
-        syslog_sink(format_event("unban", a, "manual", None, "operator"))
-        typer.echo(f"unbanned {a}" + ("" if a in was_live else " (was not banned)"))
+        k = before.get(a)
+        places = []
+        if k is not None:
+            left = f", {format_duration(k.expires)} left" if k.expires is not None else ""
+            places.append(f"the kernel ({be.name} set {k.set_name}, rule {k.rule}{left})")
+        if a in was_live:
+            places.append("the journal")
+        if kernel is None:
+            places.append(f"the kernel if it was there (its sets could not be read: {why})")
+        if not places:
+            typer.echo(f"{a} was not banned (neither in the kernel nor in the journal): nothing removed")
+            continue
+        rule = k.rule if k is not None else "manual"
+        syslog_sink(format_event("unban", a, rule, None, "operator"))
+        typer.echo(f"unbanned {a}: removed from " + " and ".join(places))
 
 
 def bans_command(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="Expired and lifted bans too")] = False,
     journal: JournalOpt = None,
+    backend: BackendOpt = "auto",
 ) -> None:
-    """List bans from the journal: address, rule, time left, count, evidence."""
+    """List live bans: the kernel sets (the truth of what is dropped) merged with the journal (rule, evidence)."""
+    from sipops.monitor import kernelbans
     from sipops.monitor.ban import format_duration
     from sipops.monitor.fleet_cli import fleet_rows
 
+    try:
+        be = _backend(backend)
+    except InputError as exc:
+        _fail(exc)
     jr = _journal(journal)
     now = time.time()
+    kernel, why = _kernel(be)
+    if kernel is None:
+        typer.echo(f"sipops: the kernel's ban sets could not be read ({why}): the journal alone is shown", err=True)
     records = jr.all() if show_all else jr.live()
     fleet = fleet_rows(now)  # decisions applied from the CrowdSec LAPI, with their origin
+    rows = kernelbans.merge(kernel or [], records, now, (f["address"] for f in fleet))
+    if kernel is None:
+        for row in rows:
+            row["in_kernel"] = None  # unknown
     if as_json:
-        typer.echo(json.dumps([{**r.as_dict(now), "origin": "local"} for r in records] + fleet, indent=2))
+        typer.echo(json.dumps(rows + fleet, indent=2))
         return
-    if not records and not fleet:
+    if not rows and not fleet:
         typer.echo("no bans")
         return
-    typer.echo(f"{'ADDRESS':<40} {'RULE':<12} {'LEFT':>9} {'#':>3}  {'ORIGIN':<16} EVIDENCE")
-    for r in records:
-        left = "lifted" if r.unbanned else format_duration(r.remaining(now)) if r.live(now) else "expired"
-        typer.echo(f"{r.address:<40} {r.rule:<12} {left:>9} {r.count:>3}  {'local':<16} {r.evidence}")
+    typer.echo(f"{'ADDRESS':<40} {'RULE':<12} {'LEFT':>9} {'#':>3}  {'ORIGIN':<13} {'WHERE':<15} EVIDENCE")
+    for r in rows:
+        live = r["live"]
+        left = "lifted" if r["unbanned"] else format_duration(r["remaining"]) if live else "expired"
+        where = _where(r)
+        line = f"{r['address']:<40} {r['rule']:<12} {left:>9} {r['count']:>3}  {r['origin']:<13} {where:<15} "
+        typer.echo(line + r["evidence"])
     for f in fleet:
         left = format_duration(f["left"])
-        typer.echo(f"{f['address']:<40} {'crowdsec':<12} {left:>9} {'-':>3}  {f['origin']:<16} {f['scenario']}")
+        line = f"{f['address']:<40} {'crowdsec':<12} {left:>9} {'-':>3}  {f['origin']:<13} {'kernel':<15} "
+        typer.echo(line + str(f["scenario"]))
+
+
+def _where(row: dict[str, Any]) -> str:
+    """kernel+journal, kernel (not journaled: a meter's, not yet seen by the watcher), journal (NOT dropped)."""
+    journaled = row["origin"] == "local"
+    if row["in_kernel"] is None:
+        return "journal"
+    if row["in_kernel"]:
+        return "kernel+journal" if journaled else "kernel"
+    return "journal only" if row["live"] else "journal"
 
 
 def watch_command(

@@ -76,6 +76,7 @@ class NewBan:
     rule: str
     evidence: str
     seconds: int
+    left: float | None = None  # already running (a meter's element found in the kernel): the time it has left
 
 
 class Journal:
@@ -123,7 +124,8 @@ class Journal:
             count = 1
             if prev is not None and prev.until + forgive_after > now:
                 count = prev.count + (0 if prev.live(now) else 1)
-            rec = BanRecord(b.address, b.rule, b.evidence, now, now + b.seconds, count, False)
+            until = now + (b.seconds if b.left is None else min(b.left, b.seconds))
+            rec = BanRecord(b.address, b.rule, b.evidence, until - b.seconds, until, count, False)
             rows.append((rec.address, rec.rule, rec.evidence, rec.since, rec.until, rec.count))
             out.append(rec)
         with self._tx():

@@ -17,6 +17,9 @@ anyway (CLOSE_WAIT build-up, the live table), scans everything. The rate rule st
 RuleEngine.evaluate(window=, carried=).
 Every `canary_every` s it checks the kernel's canary element (cheap); when it is gone, or every
 `reassert_every` s anyway, all live journal bans are re-asserted in one batch (no set listing).
+Bans the firewall's SYN meter adds from the packet path are found by listing ban4/ban6 at start and
+every `meter_scan_every` s (longer when a listing is slow: nft fetches the whole table for it), and
+journaled with rule syn_meter and the time they have left, so a reboot restores them (kernelbans.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sipops.monitor import procnet
+from sipops.monitor import kernelbans, procnet
 from sipops.monitor import scan as scanner
 from sipops.monitor.allow import Allowlist
 from sipops.monitor.ban import Ban, BanBackend, BanBackendError
@@ -75,6 +78,7 @@ class WatchConfig:
     canary_every: float = 5.0
     reassert_every: float = 300.0
     full_scan_every: float = 10.0  # at most this long between full scans; 0: every poll is one
+    meter_scan_every: float = 30.0  # list the meter's sets at most this often (0: never)
 
 
 @dataclass
@@ -137,6 +141,8 @@ class Watcher:
         self._journal_version = -1
         self._next_canary = 0.0
         self._next_reassert = 0.0
+        self._next_meter_scan = 0.0
+        self._meter_found: list[BanRecord] = []  # meter bans journaled by this poll's upkeep
         self._full: scanner.ConnectionTable | None = None  # the last full scan
         self._full_at = 0.0  # monotonic time of it
         self._opens_full = 0  # PassiveOpens at the last full scan
@@ -156,7 +162,42 @@ class Watcher:
         exact = [a for a in self.allow.exact if a not in self.live and not a.lower().startswith("fe80")]
         if exact:
             self.backend.unban(exact)
+        self._next_meter_scan = 0.0  # the first poll journals what the meter banned while no watcher ran
         return restored
+
+    def journal_meter_bans(self, errors: list[str]) -> list[BanRecord]:
+        """Journal the bans the firewall's meters added since the last look, with their remaining time
+        (an allowlisted address the meter caught is let go instead)."""
+        if self.backend is None or self.journal is None or self.config.meter_scan_every <= 0:
+            return []
+        started = time.perf_counter()
+        now = self.clock()
+        try:
+            found = kernelbans.unjournaled_meter_bans(self.backend, self.live, now)
+            spared = [k.address for k in found if k.address in self.allow]
+            if spared:
+                self.backend.unban(spared)
+        except BanBackendError as exc:
+            errors.append(f"reading the meter's bans: {exc}")
+            found, spared = [], []
+        took = time.perf_counter() - started
+        # A listing costs ~1 s per 100k elements: never more than ~2% of the watcher's time.
+        self._next_meter_scan = self.monotonic() + max(self.config.meter_scan_every, 50 * took)
+        evidence = kernelbans.METER_EVIDENCE
+        wanted = [
+            NewBan(k.address, k.rule, evidence.get(k.rule, "kernel meter"), k.timeout or k.expires or 1, left=k.expires)
+            for k in found
+            if k.address not in spared
+        ]
+        if not wanted:
+            return []
+        records = self.journal.record(wanted, forgive_after=self.config.forgive_after)
+        for r in records:
+            self.live[r.address] = r.until
+            self.events(format_event("ban", r.address, r.rule, r.until, r.evidence, seconds=round(r.until - r.since),
+                                     count=r.count, found="kernel"))  # fmt: skip
+        self._journal_version = self.journal.version()
+        return records
 
     def reassert(self) -> int:
         """Re-add every live journal ban with its remaining time (idempotent for elements still there)."""
@@ -221,6 +262,8 @@ class Watcher:
         result.verdicts = verdicts
         result.alerts = [v for v in verdicts if v.action == ALERT]
         result.errors = errors + result.errors
+        result.banned = self._meter_found + result.banned
+        self._meter_found = []
         result.reasserted = reasserted
         result.full_scan = full
         return result
@@ -348,6 +391,8 @@ class Watcher:
         try:
             if self.journal.version() != self._journal_version:
                 self._reload_live()
+            if mono >= self._next_meter_scan:
+                self._meter_found = self.journal_meter_bans(errors)
             if mono >= self._next_reassert:
                 return self.reassert()
             if mono >= self._next_canary:
