@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pytest import MonkeyPatch
+from typer.testing import CliRunner
+
+from sipops.monitor.ban import NftBackend
 from sipops.monitor.journal import Journal, NewBan
 from sipops.monitor.kernelbans import KernelBan, merge, parse_ipset_listing, parse_nft_listing
 from sipops.monitor.scan import ConnectionTable
@@ -116,3 +120,37 @@ def test_an_allowlisted_address_the_meter_caught_is_let_go_not_journaled(tmp_pat
 
 def rig_table() -> ConnectionTable:
     return table({})  # nobody connected: the bans here come from the kernel listing only
+
+
+def test_without_the_firewall_table_there_is_no_meter_and_nothing_is_listed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.nft.listing = LISTING
+    rig.watcher.backend = NftBackend(rig.nft, own_chain=True)  # the watcher's guard chain: no SYN meter
+    rig.watcher.start()
+    rig.tables.append(rig_table())
+    assert rig.watcher.poll().banned == []
+    assert rig.nft.listings == 0
+
+
+def test_bans_and_unban_on_the_command_line_show_the_kernel_truth(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    from sipops.cli import app
+    from sipops.monitor import ban_cli
+    from tests.test_watcher import RecordingNft
+
+    nft = RecordingNft()
+    nft.listing = LISTING
+    monkeypatch.setattr(ban_cli, "_backend", lambda kind: NftBackend(nft))
+    monkeypatch.setattr("sipops.monitor.watch.syslog_sink", lambda message: None)
+    monkeypatch.setattr("sipops.monitor.fleet_cli.fleet_rows", lambda now: [])
+    j = ["--journal", str(tmp_path / "bans.sqlite")]
+    text = CliRunner().invoke(app, ["bans", *j]).output.splitlines()
+    assert text[0].split() == ["ADDRESS", "RULE", "LEFT", "#", "ORIGIN", "WHERE", "EVIDENCE"]
+    meter = next(line for line in text if line.startswith("10.0.0.2 "))
+    assert meter.split()[:6] == ["10.0.0.2", "syn_meter", "9m54s", "1", "kernel", "meter"]
+    out = CliRunner().invoke(app, ["unban", "10.0.0.2", "192.0.2.77", *j]).output.splitlines()
+    assert out == [
+        "unbanned 10.0.0.2: removed from the kernel (nftables set ban4, rule syn_meter, 9m54s left)",
+        "192.0.2.77 was not banned (neither in the kernel nor in the journal): nothing removed",
+    ]
+    nft.listing = ""
+    assert CliRunner().invoke(app, ["bans", *j]).output.strip() == "no bans"

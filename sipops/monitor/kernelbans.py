@@ -207,8 +207,8 @@ def merge(
 
 def unjournaled_meter_bans(backend: BanBackend, live: dict[str, float], now: float) -> list[KernelBan]:
     """Elements a firewall meter added that the journal does not hold as live (`live`: address -> until).
-    Only nftables has meters; only their sets are listed."""
-    if not isinstance(backend, NftBackend):
+    Only the firewall template's table has meters (not the watcher's own guard chain); only their sets are listed."""
+    if not isinstance(backend, NftBackend) or backend.own_chain:
         return []
     found = read_nft(backend.executor, sorted(set(METER_RULES)))
     return [k for k in found if k.by_meter and live.get(k.address, 0.0) <= now]
