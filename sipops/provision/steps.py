@@ -89,8 +89,7 @@ def parse(steps: list[Step], output: str) -> list[StepResult]:
             _, idx, state = line.split(" ", 2)
             current = int(idx)
             status[current] = state
-            if state != "failed":
-                extra.pop(current, None)  # what it streamed while running is progress, not a result
+            extra.pop(current, None)  # what it streamed while running was progress; a failure's tail follows
             continue
         if current >= 0 and status.get(current) in ("failed", "run") and line:
             kept = extra.setdefault(current, [])

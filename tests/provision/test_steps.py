@@ -57,3 +57,16 @@ def test_a_verify_step_reports_ok_on_success_and_runs_in_check_mode() -> None:
     assert run([Step("probe", "true", verify=True)], check=True) == (0, [("probe", "ok", "")])
     code, res = run([Step("probe", "echo not there; false", verify=True)])
     assert code == 1 and res[0][1] == "failed" and "not there" in res[0][2]
+
+
+def test_a_failure_carries_its_output_once_whatever_it_streamed_while_running() -> None:
+    code, res = run([Step("fails", "echo 'E: Unable to locate package opensips'; sleep 0.3; exit 100")])
+    assert code == 1 and res == [("fails", "failed", "E: Unable to locate package opensips")]
+
+
+def test_a_step_cut_off_while_running_is_failed_with_the_last_lines_it_streamed() -> None:
+    steps = [Step("build", "make"), Step("after", "true")]
+    output = "@@sipops-step 0 run\n" + "".join(f"CC file{i}.o\n" for i in range(100))
+    res = parse(steps, output)
+    assert [(r.name, r.status) for r in res] == [("build", "failed"), ("after", "skipped")]
+    assert res[0].output.splitlines() == [f"CC file{i}.o" for i in range(60, 100)]
