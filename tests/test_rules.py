@@ -37,7 +37,8 @@ def engine(clock: Clock, **kw: object) -> RuleEngine:
 
 def test_concurrent_connections_over_the_limit_ban_with_the_numbers() -> None:
     e = engine(Clock())
-    (v,) = e.evaluate(table({(5060, E, "192.0.2.1"): 11, (5060, E, "192.0.2.2"): 10, (5060, TW, "192.0.2.2"): 50}))
+    v, near = e.evaluate(table({(5060, E, "192.0.2.1"): 11, (5060, E, "192.0.2.2"): 10, (5060, TW, "192.0.2.2"): 50}))
+    assert (near.rule, near.action, near.address) == ("source_near_limit", ALERT, "192.0.2.2")  # 10 is not over 10
     assert (v.rule, v.action, v.address, v.port, v.value, v.threshold, v.seconds) == (
         "conn_flood",
         BAN,
@@ -55,7 +56,7 @@ def test_new_connection_rate_uses_the_time_between_polls() -> None:
     e = engine(clock)
     assert e.evaluate(table({}, {(5060, "192.0.2.1"): 100})) == []  # first poll: no rate yet
     clock.t += 10
-    assert e.evaluate(table({}, {(5060, "192.0.2.1"): 50})) == []  # 5/s is not over 5/s
+    assert [v.action for v in e.evaluate(table({}, {(5060, "192.0.2.1"): 50}))] == [ALERT]  # 5/s is not over 5/s
     clock.t += 2
     (v,) = e.evaluate(table({}, {(5060, "192.0.2.1"): 12}))
     assert (v.rule, v.value, v.threshold) == ("conn_rate", 6.0, 5)
@@ -115,3 +116,17 @@ def test_per_port_thresholds_override_the_default() -> None:
 
 def test_escalation_ladder_multiplies_repeat_bans_up_to_the_cap() -> None:
     assert [escalate(600, n, 4, 86400) for n in (1, 2, 3, 4, 5)] == [600, 2400, 9600, 38400, 86400]
+
+
+def test_a_source_near_its_limit_is_an_alert_with_the_numbers_before_it_is_banned() -> None:
+    clock = Clock()
+    e = engine(clock, configured=[("192.0.2.9", "trunk")])
+    found = e.evaluate(table({(5060, E, "192.0.2.1"): 8, (5060, E, "192.0.2.2"): 7, (5060, E, "192.0.2.9"): 10}))
+    assert [(v.rule, v.action, v.address) for v in found] == [("source_near_limit", ALERT, "192.0.2.1")]
+    assert found[0].evidence == ("conns=8 of max_conns_per_ip=10 (80%): allowlist it if it is a trunk or a NAT")
+    clock.t += 1
+    assert e.evaluate(table({(5060, E, "192.0.2.1"): 9})) == []  # alerts repeat at most every alert_every s
+    clock.t += 1
+    rate = e.evaluate(table({}, {(5060, "192.0.2.3"): 4}))
+    assert [(v.rule, v.address, v.value) for v in rate] == [("source_near_limit", "192.0.2.3", 4.0)]
+    assert rate[0].evidence.startswith("rate=4/s (new=4 in 1.0s) of new_per_sec=5 (80%)")

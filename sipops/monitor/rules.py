@@ -6,6 +6,9 @@ Ban rules (per remote IP, per local port):
   syn_flood    SYN_RECV sockets over syn_recv_per_ip. Source addresses of SYNs can be spoofed: a shorter
                ban, and against an allowlisted address (gateways are) it is only ever an alert
 Alerts (never bans):
+  source_near_limit  an address at source_alert_ratio of max_conns_per_ip or new_per_sec: a trunk, a PBX or
+                   an office behind one NAT address is seen before it is banned, with the numbers, so an
+                   operator can allowlist it in time (an allowlisted address is never banned: no alert)
   port_near_limit  a port's connections near tcp_max_connections (the proxy will refuse new ones)
   close_wait       CLOSE_WAIT piling up on a port: the proxy is not closing sockets (its own problem)
   syn_cookies      the kernel sent SYN cookies since the last poll (a SYN flood hides behind them)
@@ -37,6 +40,7 @@ class Thresholds:
     syn_ban_seconds: int = 120
     tcp_max_connections: int = 4096
     port_alert_ratio: float = 0.9
+    source_alert_ratio: float = 0.8  # of max_conns_per_ip and new_per_sec: source_near_limit
     close_wait_alert: int = 256
 
 
@@ -103,6 +107,8 @@ class RuleEngine:
             lim = self.limits(port)
             if n > lim.max_conns_per_ip:
                 raw.append(self._ban("conn_flood", ip, port, n, lim.max_conns_per_ip, lim.ban_seconds, "conns"))
+            elif n >= lim.max_conns_per_ip * lim.source_alert_ratio:
+                raw += self._near(ip, port, n, lim.max_conns_per_ip, f"conns={n}", "max_conns_per_ip")
         if elapsed is not None:
             span = elapsed if window is None else max(window, elapsed)
             for (port, ip), n in table.new.items():
@@ -111,6 +117,9 @@ class RuleEngine:
                 if rate > lim.new_per_sec:
                     ev = f"new={n} in {span:.1f}s"
                     raw.append(self._ban("conn_rate", ip, port, round(rate, 1), lim.new_per_sec, lim.ban_seconds, ev))
+                elif rate >= lim.new_per_sec * lim.source_alert_ratio:
+                    ev = f"rate={_num(round(rate, 1))}/s (new={n} in {span:.1f}s)"
+                    raw += self._near(ip, port, rate, lim.new_per_sec, ev, "new_per_sec")
         for (port, ip), n in syn.items():
             lim = self.limits(port)
             if n > lim.syn_recv_per_ip:
@@ -135,6 +144,12 @@ class RuleEngine:
             return []
         v = Verdict("syn_cookies", ALERT, None, None, sent, 0, evidence=f"syncookies_sent={sent} since last poll")
         return self._merge([v], self.clock())
+
+    def _near(self, ip: str, port: int, value: float, limit: float, what: str, name: str) -> list[Verdict]:
+        if ip in self.allow:
+            return []
+        ev = f"{what} of {name}={_num(limit)} ({round(100 * value / limit)}%): allowlist it if it is a trunk or a NAT"
+        return [Verdict("source_near_limit", ALERT, ip, port, value, limit, evidence=ev)]
 
     def _ban(self, rule: str, ip: str, port: int, value: float, limit: float, seconds: int, what: str) -> Verdict:
         evidence = (

@@ -149,7 +149,9 @@ class Watcher:
         self._opens_prev: int | None = None  # and at the previous poll
         self._prev_at = 0.0
         self._headroom = 0.0  # new connections the last full scan leaves before a count rule can fire
-        self._min_rate = min([config.thresholds.new_per_sec, *(t.new_per_sec for t in config.per_port.values())])
+        # the lowest rate at which a rule fires: source_near_limit's share of new_per_sec
+        limits = [config.thresholds, *config.per_port.values()]
+        self._min_rate = min(t.new_per_sec * t.source_alert_ratio for t in limits)
 
     def start(self) -> int:
         """Declare the sets and restore live bans in ONE batch; drop kernel-meter bans of allowlisted hosts."""
@@ -282,17 +284,20 @@ class Watcher:
         return this_poll > self._min_rate * max(mono - self._prev_at, 0.0)
 
     def _headroom_of(self, table: scanner.ConnectionTable) -> float:
-        """How many new connections it takes, at least, before conn_flood or port_near_limit can fire:
-        the smallest (threshold - busiest address) and (alert level - port total) over the ports."""
+        """How many new connections it takes, at least, before conn_flood, source_near_limit or
+        port_near_limit can fire: the smallest (next level - address's count) and (alert level - port total).
+        An address already at source_near_limit's level (alerted) counts against conn_flood's."""
         limits = [self.config.thresholds, *self.config.per_port.values()]
-        room = min(min(t.max_conns_per_ip, t.tcp_max_connections * t.port_alert_ratio) for t in limits)
-        busiest: dict[int, int] = {}
+        room = min(
+            min(t.max_conns_per_ip * t.source_alert_ratio, t.tcp_max_connections * t.port_alert_ratio) for t in limits
+        )
         for (port, state, ip), n in table.counts.items():
-            # An allowlisted address is never banned (only alerted on, on full scans): not counted.
-            if state == scanner.TcpState.ESTABLISHED and n > busiest.get(port, 0) and ip not in self.allow:
-                busiest[port] = n
-        for port, n in busiest.items():
-            room = min(room, self.engine.limits(port).max_conns_per_ip - n)
+            # An allowlisted address is never banned nor warned about: not counted.
+            if state != scanner.TcpState.ESTABLISHED or ip in self.allow:
+                continue
+            lim = self.engine.limits(port)
+            near = lim.max_conns_per_ip * lim.source_alert_ratio
+            room = min(room, (near if n < near else lim.max_conns_per_ip) - n)
         for port, stats in table.ports.items():
             lim = self.engine.limits(port)
             total = stats.total - stats.states.get(scanner.TcpState.TIME_WAIT, 0)
