@@ -63,7 +63,7 @@ def script(steps: list[Step], *, check: bool, env: dict[str, str] | None = None)
         # The step writes to its log (never to the channel: a daemon it starts cannot hold the channel open)
         # and reads nothing from it (stdin is this script). A secret step's output never leaves the host.
         # Emptied before the fork: the tail below must not see the previous step's output.
-        lines.append(f': >"$log"; ( {step.run} ) >>"$log" 2>&1 </dev/null & pid=$!')
+        lines.append(f'  : >"$log"; ( {step.run} ) >>"$log" 2>&1 </dev/null & pid=$!')
         if not step.secret:
             lines.append('  tail -n +1 -f "$log" 2>/dev/null & t=$!; wait $pid; rc=$?; kill $t 2>/dev/null; wait $t')
         else:
