@@ -190,3 +190,27 @@ def test_shipped_script_runs_without_sipops_installed(tmp_path: Path) -> None:
 def test_output_without_report_is_an_error() -> None:
     with pytest.raises(RemoteError):
         parse_output("Traceback ...\n")
+
+
+@pytest.mark.parametrize(("allowlist", "near"), [("[]", True), ("[127.0.0.2/32]", False)])
+def test_a_remote_source_near_the_watchers_ban_limit_is_shown_unless_allowlisted(
+    cli: Cli,
+    write_inventory: Callable[[str], Path],
+    served: tuple[int, list[socket.socket]],
+    monkeypatch: pytest.MonkeyPatch,
+    allowlist: str,
+    near: bool,
+) -> None:
+    port, _ = served  # 3 connections from 127.0.0.2, 1 from 127.0.0.3
+    inv = write_inventory(
+        f"""
+        hosts:
+          sip1: {{address: 198.18.0.10, roles: [proxy], vars: {{flood_max_conns_per_ip: 3, allowlist: {allowlist}}}}}
+        """
+    )
+    monkeypatch.setattr("sipops.remote.runner.SSHRunner", lambda host, **_: LocalShellDouble(host))
+    code, out, _err = cli("conns", "sip1", "-i", inv, "-p", str(port))
+    assert code == 0
+    line = f"NEAR BAN LIMIT 127.0.0.2 on {port}: 3 connections of flood_max_conns_per_ip 3 (100%)"
+    assert (line in out) is near, out
+    assert "127.0.0.3 on" not in out  # 1 of 3

@@ -110,10 +110,43 @@ def _remote(
         except Exception as exc:  # one host's failure is reported, the others still run
             return {"host": host.name, "error": " ".join(f"{type(exc).__name__}: {exc}".split())}
         report["host"] = host.name
+        report["near_limit"] = near_limit(report, host.vars)
         return report
 
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
         return list(pool.map(one, hosts))
+
+
+NEAR_RATIO = 0.8  # sipops.monitor.rules.Thresholds.source_alert_ratio: the watcher alerts at the same level
+
+
+def near_limit(report: dict[str, Any], hvars: dict[str, Any]) -> list[dict[str, Any]]:
+    """Top remote IPs at NEAR_RATIO or more of the host's flood_max_conns_per_ip (ESTABLISHED, as the watcher
+    counts them) and not on its never-banned lists: a trunk or a NAT to allowlist before it is banned."""
+    from ipaddress import ip_address, ip_network
+
+    limit = int(hvars.get("flood_max_conns_per_ip") or 0)
+    if limit <= 0:
+        return []
+    never = [*hvars.get("allowlist", []), *hvars.get("ssh_allow", []), *hvars.get("watch_allow", [])]
+    never += [g.get("address") for g in hvars.get("gateways") or [] if isinstance(g, dict)]
+    nets = []
+    for item in never:
+        try:
+            nets.append(ip_network(str(item), strict=False))
+        except ValueError:
+            continue  # a host name in watch_allow: the watcher resolves it, this report cannot
+    out = []
+    for row in report.get("ports", []):
+        for t in row.get("top", []):
+            n = int(t["states"].get(TcpState.ESTABLISHED.label, 0))
+            if n < limit * NEAR_RATIO:
+                continue
+            addr = ip_address(t["ip"])
+            if any(addr in net for net in nets if net.version == addr.version):
+                continue
+            out.append({"port": row["port"], "ip": t["ip"], "conns": n, "limit": limit})
+    return out
 
 
 def render(report: dict[str, Any]) -> str:
@@ -152,6 +185,12 @@ def render(report: dict[str, Any]) -> str:
         for port, t in tops:
             states = ", ".join(f"{k} {v}" for k, v in t["states"].items())
             lines.append(f"    {port:>5}  {t['ip']:<{ip_width}}  {t['count']:>6}  ({states})")
+    for near in report.get("near_limit") or []:
+        pct = round(100 * near["conns"] / near["limit"])
+        lines.append(
+            f"  NEAR BAN LIMIT {near['ip']} on {near['port']}: {near['conns']} connections of flood_max_conns_per_ip "
+            f"{near['limit']} ({pct}%): allowlist it (watch_allow) if it is a trunk or a NAT"
+        )
     netstat = report.get("netstat")
     if netstat:
         lines.append("  TcpExt since boot: " + "  ".join(f"{k} {v}" for k, v in netstat.items()))
