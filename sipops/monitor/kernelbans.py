@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sipops.monitor.allow import Allowlist
 from sipops.monitor.ban import (
     BAN_SETS,
     CANARY,
@@ -31,6 +32,7 @@ from sipops.monitor.ban import (
     normalize,
     parse_duration,
 )
+from sipops.monitor.journal import BanRecord, Journal, NewBan
 
 # Sets the packet path adds to, and the rule a comment-less element of each stands for. A meter that
 # bans into another set (e.g. a conn_meter set) is one more line here.
@@ -212,3 +214,20 @@ def unjournaled_meter_bans(backend: BanBackend, live: dict[str, float], now: flo
         return []
     found = read_nft(backend.executor, sorted(set(METER_RULES)))
     return [k for k in found if k.by_meter and live.get(k.address, 0.0) <= now]
+
+
+def journal_meter_bans(
+    backend: BanBackend, journal: Journal, allow: Allowlist, live: dict[str, float], now: float, forgive_after: float
+) -> list[BanRecord]:
+    """Journal the meter's bans the journal lacks, with the time each has left in the kernel (so a reboot
+    restores them); an allowlisted address the meter caught is taken out of the kernel instead."""
+    found = unjournaled_meter_bans(backend, live, now)
+    spared = {k.address for k in found if k.address in allow}
+    if spared:
+        backend.unban(sorted(spared))
+    wanted = [
+        NewBan(k.address, k.rule, METER_EVIDENCE.get(k.rule, "kernel meter"), k.timeout or k.expires or 1, k.expires)
+        for k in found
+        if k.address not in spared
+    ]
+    return journal.record(wanted, forgive_after=forgive_after) if wanted else []
