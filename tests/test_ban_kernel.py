@@ -277,3 +277,35 @@ def test_a_syn_meter_ban_is_listed_journaled_by_the_watcher_and_unbanned_truthfu
         assert "10.77.0.2" not in elements(victim, "ban4")
         again = sh(sipops, "unban", "10.77.0.2", "--journal", str(journal), ns=victim)
         assert again.strip() == "10.77.0.2 was not banned (neither in the kernel nor in the journal): nothing removed"
+
+
+def test_a_meter_ban_the_watcher_journaled_comes_back_after_the_table_is_lost_with_its_time_left(
+    tmp_path: Path,
+) -> None:
+    """A reboot in a namespace: the table goes, the firewall is loaded again, a new watcher restores."""
+    inv = load_inventory(ROOT / "inventory.example.yaml")
+    res = render_host(inv, inv.hosts["edge1"])
+    path = tmp_path / "firewall.nft"
+    path.write_bytes(next(f for f in res.files if f.dest == "/etc/sipops/firewall.nft").content)
+    nobody = allow.build([], host_addresses=[], env={})
+    with netns_pair("rb") as (victim, attacker), serving(victim):
+        sh("nft", "-f", str(path), ns=victim)
+        sh(sys.executable, "-c", SYN_FLOOD, ns=attacker)
+        backend = NftBackend(NftCliExecutor(prefix=["ip", "netns", "exec", victim]))
+        with entered(victim):
+            watcher = Watcher(WatchConfig(ports=[5060], ban=True), Journal(tmp_path / "j"), backend, nobody,
+                              events=[].append)  # fmt: skip
+            watcher.start()
+            assert [r.rule for r in watcher.poll().banned] == ["syn_meter"]
+        before = elements(victim, "ban4")["10.77.0.2"]
+        assert "comment" not in before  # the meter's own element
+        time.sleep(2)
+        sh("nft", "delete", "table", "inet", "sipops", ns=victim)  # the reboot
+        sh("nft", "-f", str(path), ns=victim)
+        with entered(victim):  # what sipops-watch does at boot
+            Watcher(WatchConfig(ports=[5060], ban=True), Journal(tmp_path / "j"), backend, nobody,
+                    events=[].append).start()  # fmt: skip
+        after = elements(victim, "ban4")["10.77.0.2"]
+        assert after["comment"] == "syn_meter" and after["timeout"] == 600
+        assert int(str(after["expires"])) <= int(str(before["expires"])) - 1  # the time it had left, not afresh
+        assert not reachable(attacker, "10.77.0.1")
