@@ -90,8 +90,8 @@ def test_a_second_install_changes_nothing(lab: Lab, installed: tuple[int, str]) 
 def test_check_shows_the_opensips_plan_without_changing_anything(lab: Lab, installed: tuple[int, str]) -> None:
     code, out = sipops("install", HOST, "-i", str(lab.inventory), "--check")
     assert code == 0, out
-    assert "would   repository key (signed-by keyring, not apt-key)" in out
-    assert "would   repository 3.6-releases for bookworm" in out
+    assert "would   repository key from https://apt.opensips.org/opensips-org.gpg (signed-by keyring" in out
+    assert "would   repository https://apt.opensips.org 3.6-releases for bookworm" in out
     assert "would   install OpenSIPS: opensips" in out
     assert lab.exec(HOST, "test", "-e", "/etc/apt/sources.list.d/opensips.list").returncode == 1
 
