@@ -57,6 +57,13 @@ CASES: list[tuple[list[str], str]] = [
     (["lab", "up", "--hosts", "100000"], "--hosts"),
     (["lab", "up", "--attackers", "-1"], "--attackers"),
     (["render", "all", "--nosuch"], "--nosuch"),
+    # checked before the kernel or the journal is touched
+    (["ban", "192.0.2.1", "--for", "0s"], "--for"),
+    (["ban", "192.0.2.1", "--for", "99999999d"], "--for"),
+    (["ban", "192.0.2.1", "--for", "soon"], "--for"),
+    (["watch", "--once", "--port", "0"], "--port"),
+    (["watch", "--once", "--max-conns", "0"], "--max-conns"),
+    (["watch", "--once", "--allow", "not a host"], "--allow"),
 ]
 
 
@@ -70,7 +77,8 @@ def test_a_bad_argument_is_one_line_naming_the_option_and_exit_2(cli, tmp_path: 
     args, option = case
     inv = tmp_path / "inventory.yaml"
     inv.write_text(INVENTORY)
-    takes_inventory = args[0] not in ("conns", "lab") and not (args[0] == "health" and "--local" in args)
+    local = ("conns", "lab", "ban", "watch")
+    takes_inventory = args[0] not in local and not (args[0] == "health" and "--local" in args)
     code, out, err = cli(*args, *(["-i", inv] if takes_inventory else []))
     lines = err.strip().splitlines()
     assert code == 2, (out, err)
@@ -86,3 +94,14 @@ def test_render_to_a_file_instead_of_a_directory_is_one_line(cli, tmp_path: Path
     for out in (tmp_path / "file", tmp_path / "file" / "below"):
         code, _, err = cli("render", "all", "-i", inv, "-o", out)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err, err
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "directory"])
+def test_a_ban_journal_that_is_not_one_is_one_line(cli, tmp_path: Path, kind: str) -> None:
+    journal = tmp_path / "journal.db"
+    if kind == "directory":
+        journal.mkdir()
+    else:
+        journal.write_bytes(bytes(range(256)) * 4)
+    code, out, err = cli("bans", "--journal", journal)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--journal" in err, (out, err)

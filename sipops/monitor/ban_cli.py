@@ -28,13 +28,23 @@ def _fail(exc: InputError) -> None:
     raise typer.Exit(ExitCode.BAD_INPUT)
 
 
+MAX_BAN_SECONDS = 365 * 86400  # a year: longer is a firewall rule, not a ban
+
+
 def _duration(text: str, field: str) -> int:
+    import re
+
     from sipops.monitor.ban import parse_duration
 
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise InputError(str(exc), field=field) from None
+    if all(float(n) == 0 for n in re.findall(r"[0-9.]+", text)):
+        raise InputError(f"{text!r} is no time at all: give at least 1s", field=field)
+    if seconds > MAX_BAN_SECONDS:
+        raise InputError(f"{text!r} is longer than a year (365d)", field=field)
+    return seconds
 
 
 def _addresses(values: list[str]) -> list[str]:
@@ -58,14 +68,47 @@ def _backend(kind: str) -> Any:
 
 
 def _journal(path: Path | None) -> Any:
+    """The ban journal; a file that is not one (a directory, a FIFO, other bytes) is one line, exit 2."""
+    import sqlite3
+    import stat
+
     from sipops.monitor.journal import Journal, default_path
 
-    return Journal(path or default_path())
+    where = path or default_path()
+    try:
+        st = where.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"{where}: {exc.strerror}", field="--journal") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{where} is not a regular file (a ban journal is an SQLite file)", field="--journal")
+    if st is not None and st.st_size:
+        try:
+            with open(where, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            raise InputError(f"{where}: {exc.strerror}", field="--journal") from None
+        if head != b"SQLite format 3\x00":
+            raise InputError(f"{where} is not an SQLite database (not a ban journal)", field="--journal")
+    try:
+        return Journal(where)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{where}: {exc}", field="--journal") from None
 
 
 def _allowlist(allow: list[str] | None) -> Any:
+    import re
+    from ipaddress import ip_network
+
     from sipops.monitor import allow as allowmod
 
+    for a in allow or []:
+        try:
+            ip_network(a.strip(), strict=False)
+        except ValueError:
+            if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}\.?)*[A-Za-z0-9]?", a.strip()):
+                raise InputError(f"not an IP, CIDR or host name: {a!r}", field="--allow") from None
     return allowmod.build([(a, "--allow") for a in allow or []])
 
 
@@ -97,9 +140,9 @@ def ban_command(
                 if why:
                     raise InputError(f"{a} is allowlisted ({why}); --force to ban it anyway", field="ADDR")
         be = _backend(backend)
+        jr = _journal(journal)
     except InputError as exc:
         _fail(exc)
-    jr = _journal(journal)
     records = jr.record([NewBan(a, "manual", reason, seconds) for a in addrs])
     now = time.time()
     try:
@@ -151,9 +194,9 @@ def unban_command(
     try:
         addrs = _addresses(addresses)
         be = _backend(backend)
+        jr = _journal(journal)
     except InputError as exc:
         _fail(exc)
-    jr = _journal(journal)
     kernel, why = _kernel(be)  # read first: the answer says what was there, whoever put it there
     before = {k.address: k for k in kernel or []}
     was_live = set(jr.unban(addrs))
@@ -193,9 +236,9 @@ def bans_command(
 
     try:
         be = _backend(backend)
+        jr = _journal(journal)
     except InputError as exc:
         _fail(exc)
-    jr = _journal(journal)
     now = time.time()
     kernel, why = _kernel(be)
     if kernel is None:
@@ -239,10 +282,12 @@ def watch_command(
     ban: Annotated[
         bool, typer.Option("--ban", help="Ban in the kernel (default: report what would be banned)")
     ] = False,
-    port: Annotated[list[int] | None, typer.Option("--port", "-p", help="Local port to watch (repeat)")] = None,
+    port: Annotated[
+        list[int] | None, typer.Option("--port", "-p", min=1, max=65535, help="Local port to watch (repeat)")
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Two polls one interval apart, then exit (for cron)")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between polls")] = 1.0,
-    max_conns: Annotated[int, typer.Option("--max-conns", help="Concurrent connections per IP")] = 200,
+    max_conns: Annotated[int, typer.Option("--max-conns", min=1, help="Concurrent connections per IP")] = 200,
     new_per_sec: Annotated[float, typer.Option("--new-per-sec", help="New connections per IP per second")] = 100,
     syn_recv: Annotated[int, typer.Option("--syn-recv", help="SYN_RECV sockets per IP")] = 50,
     ban_for: Annotated[str, typer.Option("--ban-for", help="First ban duration")] = "10m",
@@ -292,9 +337,10 @@ def watch_command(
         )
         allowlist = _allowlist(allow)
         be = _backend(backend) if ban else None
+        jr = _journal(journal) if ban else None
     except InputError as exc:
         _fail(exc)
-    watcher = Watcher(config, _journal(journal) if ban else None, be, allowlist)
+    watcher = Watcher(config, jr, be, allowlist)
     if ban:  # fleet-wide bans through CrowdSec, when install/push registered this host's credentials
         watcher.fleet = _fleet_link(allowlist)
     restored = watcher.start()
