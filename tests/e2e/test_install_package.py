@@ -3,7 +3,10 @@ apt.opensips.org: packages with the official names and split, built from the rel
 Debian layout (tests/debrepo.py), a Release signed with a key of the test's own, served over HTTP on
 the lab bridge. The keyring, the sources entry, the package names and the version check run for real.
 
-Needs $SIPOPS_OPENSIPS_SOURCE (release tarballs separated by ':'); runs once per tarball.
+Needs $SIPOPS_OPENSIPS_SOURCE (release tarballs separated by ':'); the packages are built from the first
+one (CI: 3.6.8). Building them takes a couple of minutes per release and the package path does not depend on
+the LTS line beyond the dbschema package, so CI keeps to one to stay within its time; give 3.4.18 first to
+run it against that line (done by hand: 3.4.18 passes too).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def _params() -> list[Any]:
     found = debrepo.tarballs()
     if not found:
         return [pytest.param(None, marks=pytest.mark.skip(reason=debrepo.SKIP_REASON), id="no-tarball")]
-    return [pytest.param(p, id=debrepo.release_of(p)) for p in found]
+    return [pytest.param(p, id=debrepo.release_of(p)) for p in found[:1]]
 
 
 @dataclass
