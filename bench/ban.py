@@ -46,11 +46,11 @@ def sh(argv: list[str], ns: str | None = None, stdin: str | None = None, timeout
 
 def worker(args: argparse.Namespace) -> dict[str, float]:
     """Runs inside the namespace: the sipops and raw-nft measurements (medians of --runs)."""
-    from sipops.monitor import allow
-    from sipops.monitor.ban import NftBackend, NftCliExecutor, nft_executor
-    from sipops.monitor.journal import Journal, NewBan
-    from sipops.monitor.rules import BAN, Verdict
-    from sipops.monitor.watch import WatchConfig, Watcher
+    from sipops.host.monitor import allow
+    from sipops.host.monitor.ban import NftBackend, NftCliExecutor, nft_executor
+    from sipops.host.monitor.journal import Journal, NewBan
+    from sipops.host.monitor.rules import BAN, Verdict
+    from sipops.host.monitor.watch import WatchConfig, Watcher
 
     out: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix="sipops-bench-"))

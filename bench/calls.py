@@ -42,7 +42,7 @@ from sipops.calltest.session import auth_keyword  # noqa: E402
 from sipops.calltest.sipp import Place, SippSpec, sipp_binary  # noqa: E402
 from sipops.lab.state import LabState  # noqa: E402
 
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 
 
 def children_cpu() -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 PREFIXES = [Path("/opt/opensips-3.6"), Path("/usr/local/opensips")]
 # What `sipops install` would have done on these hosts (user, directories, module libraries, curl).
 PREP = (

@@ -29,21 +29,21 @@ HOLD_SECONDS = 600  # the child gives up on its own after this long
 # Each method aggregates the same thing: sockets per (local port, state, remote ip).
 METHODS = {
     "sipops scanner": """
-from sipops.monitor.scan import scan, TcpState
+from sipops.host.monitor.scan import scan, TcpState
 t0 = time.perf_counter()
 table = scan(states=list(TcpState), netstat=False)
 elapsed = time.perf_counter() - t0
 n = sum(table.counts.values())
 """,
     "sipops /proc fallback": """
-from sipops.monitor.scan import scan, TcpState
+from sipops.host.monitor.scan import scan, TcpState
 t0 = time.perf_counter()
 table = scan(states=list(TcpState), netstat=False, force_proc=True)
 elapsed = time.perf_counter() - t0
 n = sum(table.counts.values())
 """,
     "sipops SYN_RECV only": """
-from sipops.monitor.scan import scan, TcpState
+from sipops.host.monitor.scan import scan, TcpState
 t0 = time.perf_counter()
 table = scan(states=[TcpState.SYN_RECV], netstat=False)
 elapsed = time.perf_counter() - t0
@@ -149,7 +149,7 @@ def main() -> int:
     raise_nofile(1024)
     # A previous run's connections linger 60 s in TIME_WAIT: let them go, so every run sees the same sockets.
     sys.path.insert(0, str(ROOT))
-    from sipops.monitor.scan import TcpState, scan
+    from sipops.host.monitor.scan import TcpState, scan
 
     for _ in range(75):
         lingering = sum(scan(states=[TcpState.TIME_WAIT], netstat=False).counts.values())

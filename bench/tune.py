@@ -28,7 +28,7 @@ from sipops.lab.access import exec_argv  # noqa: E402
 from sipops.lab.state import LabState  # noqa: E402
 from tests.e2e.tcp_hold import STANDIN_UNIT, hold, standin_remove_script, standin_script  # noqa: E402
 
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 PORT = 5071
 
 

@@ -188,7 +188,7 @@ def main() -> int:
             line = proc.stdout.readline() if proc.stdout else ""
             if line.strip() != f"READY {args.conns}":
                 sys.exit(f"bench/watch: connections not set up: {line!r}")
-        run = "import sys; sys.path.insert(0, sys.argv.pop(1)); from sipops.cli import run; run()"
+        run = "import sys; sys.path.insert(0, sys.argv.pop(1)); from sipops.cli.main import run; run()"
         service = ["watch", "--ban", "--journal", str(state / "bans.sqlite"), "--interval", "1", "--port", str(PORT)]
         service += ["--tcp-max-connections", str(max(4096, args.conns * 2))]
         sipops = measure(in_ns(SRV_NS, sys.executable, "-c", run, str(ROOT), *service), args.seconds)

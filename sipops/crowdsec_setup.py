@@ -3,7 +3,7 @@ settings for the templates, and the registration of every host's machine and bou
 
 The LAPI is the inventory host with the `crowdsec` role (http://ADDRESS:crowdsec_lapi_port), or
 `crowdsec_lapi_url` for one the fleet already has (credentials are then made on `crowdsec_lapi_host`).
-Registration (after push/install) runs sipops.crowdsec_hostprog through the push engine's runner:
+Registration (after push/install) runs sipops.host.crowdsec_creds through the push engine's runner:
 check on each host (one round trip when its credentials work); for the others: a fresh bouncer key
 from cscli on the LAPI host, the machine registered from the host itself with a password made there,
 validated by cscli, checked again. Secrets ride on stdin only; the controller never prints them.
@@ -18,10 +18,10 @@ from functools import cache
 from ipaddress import ip_address
 from typing import Any
 
-from sipops import crowdsec_hostprog
 from sipops.errors import InputError
+from sipops.host import crowdsec_creds as crowdsec_hostprog
+from sipops.host.monitor.crowdsec import parse_url
 from sipops.inventory import Host, Inventory
-from sipops.monitor.crowdsec import parse_url
 from sipops.remote.runner import RemoteError, Runner, call
 
 ROLE = "crowdsec"

@@ -59,12 +59,12 @@ TEMPLATE_MAX_BYTES = 64 * 1024
 
 
 class _TemplateLoader(jinja2.FileSystemLoader):
-    """FileSystemLoader that reads through sipops.safefile (size cap, UTF-8, regular files only) and
+    """FileSystemLoader that reads through sipops.host.safefile (size cap, UTF-8, regular files only) and
     takes anything by the name in the user's templates/ as theirs (a directory there is an error, not
     a silent fallback to the packaged template)."""
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
-        from sipops.safefile import UnreadableFile, read_text
+        from sipops.host.safefile import UnreadableFile, read_text
 
         pieces = jinja2.loaders.split_template_path(template)
         for base in self.searchpath:

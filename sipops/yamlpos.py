@@ -74,7 +74,7 @@ def _error(file: str, node: yaml.Node, fld: str, message: str) -> Exception:
     return InputError(message, file=file, line=node.start_mark.line + 1, field=fld)
 
 
-# What a YAML input may expand to (the rule for every YAML file sipops reads, with sipops.safefile's size
+# What a YAML input may expand to (the rule for every YAML file sipops reads, with sipops.host.safefile's size
 # cap): aliases and merge keys are allowed (`<<: *ssh_defaults`), but the document they expand to must
 # stay within MAX_NODES nodes and MAX_DEPTH levels; an alias to its own ancestor is refused. The check
 # runs on libyaml's node graph, where an alias is a shared node, so a "billion laughs" of a few hundred
@@ -86,7 +86,7 @@ MAX_DEPTH = 64
 def load_located(path: Path, display: str | None = None) -> Located:
     """Parse a YAML file; any problem with it becomes an InputError naming file (and line)."""
     from sipops.errors import InputError
-    from sipops.safefile import UnreadableFile, read_text
+    from sipops.host.safefile import UnreadableFile, read_text
 
     name = display or str(path)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
 from tests import opensips_builds
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sipops.health.config import HealthConfig, Socket
-from sipops.health.mi import MIError
-from sipops.health.procfs import ProcInfo
-from sipops.sip import OptionsResult
+from sipops.host.health.config import HealthConfig, Socket
+from sipops.host.health.mi import MIError
+from sipops.host.health.procfs import ProcInfo
+from sipops.host.sip import OptionsResult
 
 UDP = Socket("udp", "192.0.2.10", 5060)
 TCP = Socket("tcp", "192.0.2.10", 5060)
@@ -17,7 +17,7 @@ NOW = 1_800_000_000.0
 
 @dataclass
 class FakeSources:
-    """Every input a check reads, set by the test; a test double of sipops.health.sources.HostSources."""
+    """Every input a check reads, set by the test; a test double of sipops.host.health.sources.HostSources."""
 
     procs: list[ProcInfo] = field(default_factory=list)
     pid_file: int | None = None

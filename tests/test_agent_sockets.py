@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sipops.remote.agent import _is_local, cfg_sockets, host_addresses
+from sipops.host.agent import _is_local, cfg_sockets, host_addresses
 from sipops.remote.facts import listen_addresses
 from sipops.render import HostRender, RenderedFile
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipops.monitor.ban import (
+from sipops.host.monitor.ban import (
     Ban,
     BanBackendError,
     IpsetBackend,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sipops.cli import app
-from sipops.monitor import ban_cli
-from sipops.monitor.ban import NftBackend
+from sipops.cli import ban as ban_cli
+from sipops.cli.main import app
+from sipops.host.monitor.ban import NftBackend
 
 
 class RecordingNft:
@@ -26,8 +26,8 @@ class RecordingNft:
 def nft(monkeypatch: pytest.MonkeyPatch) -> RecordingNft:
     rec = RecordingNft()
     monkeypatch.setattr(ban_cli, "_backend", lambda kind: NftBackend(rec))
-    monkeypatch.setattr("sipops.monitor.scan.close_connections", lambda addrs, ports=None: 0)
-    monkeypatch.setattr("sipops.monitor.watch.syslog_sink", lambda message: None)
+    monkeypatch.setattr("sipops.host.monitor.scan.close_connections", lambda addrs, ports=None: 0)
+    monkeypatch.setattr("sipops.host.monitor.watch.syslog_sink", lambda message: None)
     monkeypatch.delenv("SSH_CLIENT", raising=False)
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
     return rec
@@ -92,13 +92,13 @@ def test_the_operators_ssh_source_is_never_banned(
 def test_watch_without_ban_reports_and_touches_no_kernel(
     nft: RecordingNft, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sipops.monitor.scan import ConnectionTable, TcpState
+    from sipops.host.monitor.scan import ConnectionTable, TcpState
 
     table = ConnectionTable(
         counts={(5060, TcpState.ESTABLISHED, "203.0.113.5"): 300}, new={}, cookies=frozenset(), netstat=None,
         source="netlink", fallback_reason=None, taken_at=0.0, elapsed=0.001,
     )  # fmt: skip
-    monkeypatch.setattr("sipops.monitor.scan.scan", lambda ports=None, states=None, **kw: table)
+    monkeypatch.setattr("sipops.host.monitor.scan.scan", lambda ports=None, states=None, **kw: table)
     result = CliRunner().invoke(app, ["watch", "--port", "5060", "--json", "--max-polls", "1"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output.splitlines()[-1])

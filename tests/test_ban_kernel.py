@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from sipops.host.monitor import allow
+from sipops.host.monitor.ban import Ban, IpsetBackend, LibNftExecutor, NftBackend, NftCliExecutor, _system_nftables
+from sipops.host.monitor.journal import Journal
+from sipops.host.monitor.rules import Thresholds
+from sipops.host.monitor.scan import close_connections
+from sipops.host.monitor.watch import WatchConfig, Watcher
 from sipops.inventory import load_inventory
-from sipops.monitor import allow
-from sipops.monitor.ban import Ban, IpsetBackend, LibNftExecutor, NftBackend, NftCliExecutor, _system_nftables
-from sipops.monitor.journal import Journal
-from sipops.monitor.rules import Thresholds
-from sipops.monitor.scan import close_connections
-from sipops.monitor.watch import WatchConfig, Watcher
 from sipops.render import render_host
 from tests.netns_helpers import entered, netns_pair, sh, skip_reason
 

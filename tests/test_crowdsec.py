@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sipops.monitor.allow import Allowlist
-from sipops.monitor.crowdsec import (
+from sipops.host.monitor.allow import Allowlist
+from sipops.host.monitor.crowdsec import (
     Backoff,
     Decision,
     LapiAuthError,
@@ -27,7 +27,7 @@ from sipops.monitor.crowdsec import (
     origin_of,
     parse_url,
 )
-from sipops.monitor.fleetlink import FleetLink, read_state
+from sipops.host.monitor.fleetlink import FleetLink, read_state
 
 
 class LapiStandIn:

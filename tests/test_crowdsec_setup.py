@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sipops.cli import app
-from sipops.health.checks_crowdsec import check_crowdsec
-from sipops.health.model import Status
-from sipops.monitor.fleet_cli import fleet_rows, push_manual
+from sipops.cli.main import app
+from sipops.host.health.checks_crowdsec import check_crowdsec
+from sipops.host.health.model import Status
+from sipops.host.monitor.fleetops import fleet_rows, push_manual
 from tests.health_helpers import CFG, FakeSources
 
 INV = """

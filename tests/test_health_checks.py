@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from sipops.health import checks, checks_mi
-from sipops.health.config import HealthConfig, Socket, Thresholds, config_from_dict
-from sipops.health.mi import MIError
-from sipops.health.model import Status
-from sipops.health.procfs import ProcInfo, decode_address, is_listening
-from sipops.health.sources import count_bans
+from sipops.host.health import checks, checks_mi
+from sipops.host.health.config import HealthConfig, Socket, Thresholds, config_from_dict
+from sipops.host.health.mi import MIError
+from sipops.host.health.model import Status
+from sipops.host.health.procfs import ProcInfo, decode_address, is_listening
+from sipops.host.health.sources import count_bans
 from tests.health_helpers import CFG, MAIN, NOW, TCP, UDP, WORKER, FakeSources, alive, key
 
 # process

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sipops.health.logscan import scan
+from sipops.host.health.logscan import scan
 
 
 class Log:

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sipops.health.agent import run_local
-from sipops.health.mi import MIError, mi_call
-from sipops.health.model import Status
 from sipops.health.remote import host_config
+from sipops.host.health.main import run_local
+from sipops.host.health.mi import MIError, mi_call
+from sipops.host.health.model import Status
 from sipops.inventory import load_inventory
 from sipops.render import render_host
 from tests import opensips_builds
@@ -45,7 +45,6 @@ def _free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port")
-
 
 
 def test_every_check_is_ok_against_a_real_opensips_with_values_from_mi(tmp_path: Path, opensips_prefix: Path) -> None:

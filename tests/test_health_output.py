@@ -10,10 +10,17 @@ from typing import Any
 
 import pytest
 
-from sipops.health.config import HealthConfig
-from sipops.health.formats import perfdata, render_json, render_nagios, render_prometheus, render_text, write_textfile
-from sipops.health.model import CheckResult, Metric, Report, Status, worst
-from sipops.health.runner import run_host
+from sipops.host.health.config import HealthConfig
+from sipops.host.health.formats import (
+    perfdata,
+    render_json,
+    render_nagios,
+    render_prometheus,
+    render_text,
+    write_textfile,
+)
+from sipops.host.health.model import CheckResult, Metric, Report, Status, worst
+from sipops.host.health.runner import run_host
 from tests.health_helpers import CFG, MAIN, FakeSources, alive
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sipops.health import bundle, cron
-from sipops.health.config import HealthConfig, Socket
 from sipops.health.remote import host_config, parse_reply, run_hosts
+from sipops.host.health.config import HealthConfig, Socket
 from sipops.inventory import load_inventory
 from tests.conftest import Cli
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sipops.sip import build_options, matches, options_ping, parse_response
+from sipops.host.sip import build_options, matches, options_ping, parse_response
 
 DATA = Path(__file__).parent / "data" / "health"
 

@@ -32,7 +32,7 @@ def _limit_memory() -> None:
 
 
 def run_cli(*args: str | Path, cwd: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from sipops.cli import run; sys.argv[0] = 'sipops'; run()"
+    code = "import sys; from sipops.cli.main import run; sys.argv[0] = 'sipops'; run()"
     env = dict(os.environ, HOME=str(cwd), XDG_CACHE_HOME=str(cwd / ".cache"), PYTHONDONTWRITEBYTECODE="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     return subprocess.run(

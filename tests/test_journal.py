@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sipops.monitor.journal import Journal, NewBan
+from sipops.host.monitor.journal import Journal, NewBan
 
 
 class Clock:

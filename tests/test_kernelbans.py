@@ -8,10 +8,10 @@ from pathlib import Path
 from pytest import MonkeyPatch
 from typer.testing import CliRunner
 
-from sipops.monitor.ban import NftBackend
-from sipops.monitor.journal import Journal, NewBan
-from sipops.monitor.kernelbans import KernelBan, merge, parse_ipset_listing, parse_nft_listing
-from sipops.monitor.scan import ConnectionTable
+from sipops.host.monitor.ban import NftBackend
+from sipops.host.monitor.journal import Journal, NewBan
+from sipops.host.monitor.kernelbans import KernelBan, merge, parse_ipset_listing, parse_nft_listing
+from sipops.host.monitor.scan import ConnectionTable
 from tests.test_watcher import Rig, table
 
 # `nft list table inet sipops` as nft 1.0.6 prints it (sets, then chains; tabs as spaces here).
@@ -133,15 +133,15 @@ def test_without_the_firewall_table_there_is_no_meter_and_nothing_is_listed(tmp_
 
 
 def test_bans_and_unban_on_the_command_line_show_the_kernel_truth(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
-    from sipops.cli import app
-    from sipops.monitor import ban_cli
+    from sipops.cli import ban as ban_cli
+    from sipops.cli.main import app
     from tests.test_watcher import RecordingNft
 
     nft = RecordingNft()
     nft.listing = LISTING
     monkeypatch.setattr(ban_cli, "_backend", lambda kind: NftBackend(nft))
-    monkeypatch.setattr("sipops.monitor.watch.syslog_sink", lambda message: None)
-    monkeypatch.setattr("sipops.monitor.fleet_cli.fleet_rows", lambda now: [])
+    monkeypatch.setattr("sipops.host.monitor.watch.syslog_sink", lambda message: None)
+    monkeypatch.setattr("sipops.host.monitor.fleetops.fleet_rows", lambda now: [])
     j = ["--journal", str(tmp_path / "bans.sqlite")]
     text = CliRunner().invoke(app, ["bans", *j]).output.splitlines()
     assert text[0].split() == ["ADDRESS", "RULE", "LEFT", "#", "ORIGIN", "WHERE", "EVIDENCE"]

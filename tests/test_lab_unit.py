@@ -12,10 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from sipops.cli.lab import app
 from sipops.errors import InputError
 from sipops.lab import lifecycle
 from sipops.lab.access import exec_argv, ssh_argv
-from sipops.lab.cli import app
 from sipops.lab.invfile import inventory_text, known_hosts_text, write_files
 from sipops.lab.lifecycle import UpOptions, _plan
 from sipops.lab.rootfs import debian_mirror

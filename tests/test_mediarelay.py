@@ -16,11 +16,11 @@ import yaml
 from typer.testing import CliRunner
 
 from sipops import mediarelay
-from sipops.cli import app
-from sipops.health import ng
-from sipops.health.checks_relay import check_relays
-from sipops.health.config import HealthConfig
-from sipops.health.model import Status
+from sipops.cli.main import app
+from sipops.host.health import ng
+from sipops.host.health.checks_relay import check_relays
+from sipops.host.health.config import HealthConfig
+from sipops.host.health.model import Status
 from tests import opensips_builds
 
 PROXY = "px1"
@@ -357,8 +357,8 @@ def test_tune_tcp_refuses_more_calls_than_the_relay_range_holds(tmp_path):
 
 
 def test_the_relay_figures_show_in_every_health_format(ng_responder):
-    from sipops.health.formats import render
-    from sipops.health.model import Report
+    from sipops.host.health.formats import render
+    from sipops.host.health.model import Report
 
     up = ("rly1", "127.0.0.1", ng_responder)
     down = ("rly2", "127.0.0.1", _closed_udp_port())

@@ -196,7 +196,7 @@ def test_facts_report_hashes_modes_owners_and_absent_files(site: Site, cli: Cli)
 
 def test_killing_the_push_mid_transfer_leaves_each_file_old_or_new(site: Site) -> None:
     """kill -9 of the controller at many points of a push with a 20 MB file: never a partial file."""
-    cmd = [sys.executable, "-c", "from sipops.cli import run; run()"]
+    cmd = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
     subprocess.run([*cmd, *site.args("push")], check=True, capture_output=True)
     outcomes: list[str] = []
     for i in range(8):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sipops.monitor import allow
-from sipops.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, escalate
-from sipops.monitor.scan import ConnectionTable, TcpState
+from sipops.host.monitor import allow
+from sipops.host.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, escalate
+from sipops.host.monitor.scan import ConnectionTable, TcpState
 
 E, SR, TW, CW = TcpState.ESTABLISHED, TcpState.SYN_RECV, TcpState.TIME_WAIT, TcpState.CLOSE_WAIT
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sipops.monitor import sockdiag
-from sipops.monitor.scan import (
+from sipops.host.monitor import sockdiag
+from sipops.host.monitor.scan import (
     ConnectionTable,
     TcpState,
     close_connections,
@@ -223,7 +223,7 @@ def test_state_names_parse_like_ss() -> None:
 
 
 def test_netstat_counters_and_their_delta(tmp_path: Path) -> None:
-    from sipops.monitor.scan import read_netstat
+    from sipops.host.monitor.scan import read_netstat
 
     path = f"{tmp_path}/netstat"
     with open(path, "w") as fh:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sipops.monitor.siplog import PATTERNS, LogFollower, SipLogRules, match_line
+from sipops.host.monitor.siplog import PATTERNS, LogFollower, SipLogRules, match_line
 
 SAMPLE = Path(__file__).parent / "data" / "monitor" / "opensips.log"
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
+from sipops.host.tuneprobe import tune_user_nofile
 from sipops.inventory import load_inventory
 from sipops.remote.apply import HostResult
 from sipops.remote.facts import HostFacts
@@ -22,7 +23,6 @@ from sipops.render import render_host
 from sipops.tuning import run as tune_run
 from sipops.tuning.calc import TuneFacts
 from sipops.tuning.facts import TuneProbe, gather
-from sipops.tuning.probe import tune_user_nofile
 
 SYSCTL = {
     "fs.file-max": "9223372036854775807",

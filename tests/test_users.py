@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
 from sipops.errors import InputError
+from sipops.host import users as hostprog
 from sipops.inventory import Host, load_inventory
 from sipops.remote import fleet
 from sipops.remote.runner import LocalRunner
 from sipops.render import environment, render_host
-from sipops.users import hostprog
 from sipops.users.model import hashes, realm_of, registrar, registrars
 from tests.conftest import Cli
 from tests.roles_cfg_helpers import cfg_of

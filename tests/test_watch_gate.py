@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from sipops.monitor import allow
-from sipops.monitor.ban import NftBackend
-from sipops.monitor.journal import Journal
-from sipops.monitor.rules import Thresholds
-from sipops.monitor.scan import ConnectionTable, TcpState
-from sipops.monitor.watch import WatchConfig, Watcher
+from sipops.host.monitor import allow
+from sipops.host.monitor.ban import NftBackend
+from sipops.host.monitor.journal import Journal
+from sipops.host.monitor.rules import Thresholds
+from sipops.host.monitor.scan import ConnectionTable, TcpState
+from sipops.host.monitor.watch import WatchConfig, Watcher
 from tests.test_watcher import Clock, RecordingNft
 
 E, SYN = TcpState.ESTABLISHED, TcpState.SYN_RECV
@@ -138,7 +138,7 @@ def test_real_kernel_counters_skip_then_force_the_full_scan(tmp_path: Path) -> N
     connections past the headroom bring the full scan back, and it sees them."""
     import socket
 
-    from sipops.monitor.allow import Allowlist
+    from sipops.host.monitor.allow import Allowlist
 
     lsn = socket.socket()
     lsn.bind(("127.0.0.1", 0))

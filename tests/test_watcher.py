@@ -6,12 +6,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sipops.monitor import allow
-from sipops.monitor.ban import Ban, NftBackend
-from sipops.monitor.journal import Journal
-from sipops.monitor.rules import Thresholds
-from sipops.monitor.scan import ConnectionTable, TcpState
-from sipops.monitor.watch import WatchConfig, Watcher, format_event
+from sipops.host.monitor import allow
+from sipops.host.monitor.ban import Ban, NftBackend
+from sipops.host.monitor.journal import Journal
+from sipops.host.monitor.rules import Thresholds
+from sipops.host.monitor.scan import ConnectionTable, TcpState
+from sipops.host.monitor.watch import WatchConfig, Watcher, format_event
 
 E = TcpState.ESTABLISHED
 
@@ -37,7 +37,7 @@ class RecordingNft:
             return self.listing
         if batch.startswith("get element"):
             if not self.canary:
-                from sipops.monitor.ban import BanBackendError
+                from sipops.host.monitor.ban import BanBackendError
 
                 raise BanBackendError("nft: Error: No such file or directory")
             return ""

@@ -1,13 +1,6 @@
-"""Health checks of an OpenSIPS host, for cron, Nagios/Icinga and Prometheus.
+"""Health from the operator's side: ship the host checks (sipops.host.health) and read their report.
 
-model:    Status, Metric, CheckResult, Report
-config:   HealthConfig (thresholds, sockets, paths) from /etc/sipops/health.json or the inventory
-sources:  what the checks read from the host (/proc, MI over HTTP, SIP, systemctl), injectable
-logscan:  the OpenSIPS log cursor (inode + offset), safe across rotation
-checks:   one function per check; runner: runs them, keeps state, fires the alert command
-formats:  text, JSON, Nagios plugin output, Prometheus text exposition
-agent:    the `--local` entry point (argparse, standard library only)
-bundle / remote / cron / cli: shipping the agent to hosts over SSH and the Typer-facing functions
-
-Everything up to `agent` uses the standard library only, so it runs on hosts without sipops.
+bundle:  the host modules as one script for `python3 -` and as a zipapp for cron
+remote:  run the checks on hosts over SSH
+cron:    install or remove the scheduled health check on hosts
 """

@@ -21,27 +21,28 @@ PACKAGE_ROOT = Path(sipops.__file__).resolve().parent
 # Everything the agent imports; all of it standard library only (tests check the closure).
 MODULES = (
     "sipops",
-    "sipops.sip",
-    "sipops.safefile",
-    "sipops.monitor",
-    "sipops.monitor.sockdiag",
-    "sipops.monitor.procnet",
-    "sipops.monitor.scan",
-    "sipops.health",
-    "sipops.health.model",
-    "sipops.health.config",
-    "sipops.health.procfs",
-    "sipops.health.mi",
-    "sipops.health.logscan",
-    "sipops.health.sources",
-    "sipops.health.checks",
-    "sipops.health.checks_mi",
-    "sipops.health.ng",
-    "sipops.health.checks_relay",
-    "sipops.health.checks_crowdsec",
-    "sipops.health.runner",
-    "sipops.health.formats",
-    "sipops.health.agent",
+    "sipops.host",
+    "sipops.host.sip",
+    "sipops.host.safefile",
+    "sipops.host.monitor",
+    "sipops.host.monitor.sockdiag",
+    "sipops.host.monitor.procnet",
+    "sipops.host.monitor.scan",
+    "sipops.host.health",
+    "sipops.host.health.model",
+    "sipops.host.health.config",
+    "sipops.host.health.procfs",
+    "sipops.host.health.mi",
+    "sipops.host.health.logscan",
+    "sipops.host.health.sources",
+    "sipops.host.health.checks",
+    "sipops.host.health.checks_mi",
+    "sipops.host.health.ng",
+    "sipops.host.health.checks_relay",
+    "sipops.host.health.checks_crowdsec",
+    "sipops.host.health.runner",
+    "sipops.host.health.formats",
+    "sipops.host.health.main",
 )
 MIN_PYTHON = (3, 9)
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed: the same sipops gives the same bytes (and hash)
@@ -80,7 +81,7 @@ class _Shipped(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__path__ = []
         exec(compile(text, "<sipops>/" + module.__name__.replace(".", "/") + ".py", "exec"), module.__dict__)
 sys.meta_path.insert(0, _Shipped())
-from sipops.health.agent import remote_entry
+from sipops.host.health.main import remote_entry
 remote_entry(json.loads({payload!r}))
 """
 
@@ -103,6 +104,6 @@ def zipapp_bytes() -> bytes:
         for name, (is_pkg, text) in sorted(sources().items()):
             path = "/".join(name.split(".")) + ("/__init__.py" if is_pkg else ".py")
             zf.writestr(zipfile.ZipInfo(path, _ZIP_DATE), text)
-        main = "import sys\nfrom sipops.health.agent import main\nsys.exit(main())\n"
+        main = "import sys\nfrom sipops.host.health.main import main\nsys.exit(main())\n"
         zf.writestr(zipfile.ZipInfo("__main__.py", _ZIP_DATE), main)
     return b"#!/usr/bin/env python3\n" + buffer.getvalue()

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sipops.health.bundle import remote_script
-from sipops.health.config import ConfigError, HealthConfig, config_from_dict
-from sipops.health.model import CheckResult, Report, Status
+from sipops.host.health.config import ConfigError, HealthConfig, config_from_dict
+from sipops.host.health.model import CheckResult, Report, Status
 from sipops.inventory import Host, Inventory
 from sipops.remote.runner import Runner
 

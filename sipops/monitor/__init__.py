@@ -1,9 +1,4 @@
-"""Host-side monitoring and protection: connection scanner, rules, ban backend, journal, watcher.
+"""Connections and bans from the operator's side: run the host scanner (sipops.host.monitor) over SSH.
 
-scan:      sock_diag scanner -> ConnectionTable (see sipops.monitor.scan for the result types)
-sockdiag:  the raw NETLINK_SOCK_DIAG reader and SOCK_DESTROY (stdlib only)
-procnet:   /proc/net/tcp fallback, /proc/net/netstat counters, listening sockets' processes
-
-The scanner modules use the standard library only (psutil is optional), so that they can be
-shipped to a host that does not have sipops installed and run there by `python3 -`.
+remote:  ship the scanner modules to a host and read its JSON report
 """

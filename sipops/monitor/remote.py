@@ -19,23 +19,23 @@ from sipops.remote.runner import Runner
 
 # Order matters: each module only imports the ones before it.
 SHIPPED = ("sockdiag", "procnet", "scan", "report")
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parent.parent / "host" / "monitor"
 _MARK = "SIPOPS-REPORT "
 
 _BOOTSTRAP = """
 import json, sys, types
-for _name in ("sipops", "sipops.monitor"):
+for _name in ("sipops", "sipops.host", "sipops.host.monitor"):
     _pkg = types.ModuleType(_name)
     _pkg.__path__ = []
     sys.modules[_name] = _pkg
 for _short, _src in _SOURCES:
-    _name = "sipops.monitor." + _short
+    _name = "sipops.host.monitor." + _short
     _mod = types.ModuleType(_name)
     _mod.__file__ = "<sipops " + _name + ">"
     sys.modules[_name] = _mod
     exec(compile(_src, _mod.__file__, "exec"), _mod.__dict__)
-    setattr(sys.modules["sipops.monitor"], _short, _mod)
-from sipops.monitor.report import build_report
+    setattr(sys.modules["sipops.host.monitor"], _short, _mod)
+from sipops.host.monitor.report import build_report
 print(@MARK@ + json.dumps(build_report(json.loads(sys.argv[-1]))))
 """.replace("@MARK@", repr(_MARK))
 

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sipops.sip
+import sipops.host.sip
 from sipops.inventory import Host, Inventory, Origin
 from sipops.paths import cache_dir
-from sipops.provision import agent, plan
+from sipops.provision import plan
+from sipops.provision import wheelhouse as agent
 from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
 from sipops.provision.runner import InstallFacts, ShellRunner, gather, run_steps
 from sipops.provision.steps import PhasePlan, Step, StepResult, StepWatch, q
@@ -86,7 +87,7 @@ def with_operator_allowed(host: Host, facts: InstallFacts) -> Host:
 
 def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
     """Process up, every socket listening, SIP OPTIONS answered on each: run on the host."""
-    probe = inspect.getsource(sipops.sip) + (
+    probe = inspect.getsource(sipops.host.sip) + (
         "\nimport sys\nbad = 0\n"
         "for spec in sys.argv[1:]:\n"
         "    proto, _, rest = spec.partition(':')\n"

@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from sipops.remote.agent import cfg_sockets
+from sipops.host.agent import cfg_sockets
 from sipops.remote.runner import Runner, call
 from sipops.render import HostRender, RenderedFile
 

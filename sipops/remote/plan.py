@@ -133,8 +133,8 @@ def plan_host(rendered: HostRender, facts: HostFacts) -> HostPlan:
 def runtime_gateway_drift(rendered: HostRender, reply: dict[str, Any]) -> tuple[bool, list[str]]:
     """Whether the gateway sets OpenSIPS runs (the facts run's MI listing) differ from the inventory's,
     and the notes that say how (or why they could not be compared)."""
-    from sipops.health.checks_mi import drift
-    from sipops.health.mi import parse_ds_list, parse_lb_list
+    from sipops.host.health.checks_mi import drift
+    from sipops.host.health.mi import parse_ds_list, parse_lb_list
 
     cfg = health_config(rendered) or {}
     method = "ds_list" if cfg.get("gateway_engine") == "dispatcher" else "lb_list"

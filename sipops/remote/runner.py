@@ -22,8 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-import sipops.sip
-from sipops.remote import agent
+import sipops.host.sip
+from sipops.host import agent
 
 MARK = "SIPOPS-RESULT "
 CODE_CACHE = "/var/cache/sipops"
@@ -71,9 +71,9 @@ class Runner(Protocol):
 @cache
 def agent_source(with_sip: bool = True) -> bytes:
     """sip.py (the OPTIONS probe, for the health gate) followed by the agent; one `from __future__` on top."""
-    sip = inspect.getsource(sipops.sip) if with_sip else "from __future__ import annotations\n"
+    sip = inspect.getsource(sipops.host.sip) if with_sip else "from __future__ import annotations\n"
     body = inspect.getsource(agent).replace("from __future__ import annotations\n", "")
-    body = body.replace("    from sipops.sip import options_ping\n", "    pass\n")
+    body = body.replace("    from sipops.host.sip import options_ping\n", "    pass\n")
     return (sip + "\n" + body).encode()
 
 

@@ -1,5 +1,5 @@
 """Controller side of the tune-tcp probe: one agent run per host answers the push engine's facts and
-tune-tcp's own (sipops.tuning.probe), parsed into HostFacts and TuneFacts."""
+tune-tcp's own (sipops.host.tuneprobe), parsed into HostFacts and TuneFacts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from sipops.host import tuneprobe as probe
 from sipops.remote.facts import HostFacts, facts_request, parse_facts
 from sipops.remote.runner import Runner, agent_source, call
 from sipops.render import HostRender
-from sipops.tuning import probe
 from sipops.tuning.calc import SPECS, TuneFacts
 
 # Every sysctl tune-tcp reads (whether or not it sets it on this host).
@@ -32,8 +32,8 @@ class TuneProbe:
 def probe_source() -> bytes:
     """The push agent (with the SIP probe) followed by the tune probe, whose main() takes over."""
     body = inspect.getsource(probe).replace("from __future__ import annotations\n", "")
-    body = body.replace("    from sipops.remote.agent import facts as push_facts\n", "    push_facts = facts\n")
-    body = body.replace("    from sipops.remote.agent import reply\n", "")
+    body = body.replace("    from sipops.host.agent import facts as push_facts\n", "    push_facts = facts\n")
+    body = body.replace("    from sipops.host.agent import reply\n", "")
     return agent_source() + b"\n" + body.encode()
 
 

@@ -1,4 +1,4 @@
-"""The work of `sipops users` on hosts: one run of the host program per registrar (sipops.users.hostprog,
+"""The work of `sipops users` on hosts: one run of the host program per registrar (sipops.host.users,
 shipped by the push engine's runner), registrars in parallel through the fleet executor, then lines."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from functools import cache
 from typing import Any, TextIO
 
 from sipops.errors import ExitCode
+from sipops.host import users as hostprog
 from sipops.remote.apply import HostResult
 from sipops.remote.fleet import Target, run_parallel
 from sipops.remote.runner import RemoteError, Runner, call
-from sipops.users import hostprog
 from sipops.users.model import Registrar
 
 TIMEOUT = 90.0

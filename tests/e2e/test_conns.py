@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
 from sipops.lab.access import exec_argv
 
 from .conftest import Lab

@@ -122,7 +122,7 @@ def host(lab: Lab) -> Iterator[tuple[Lab, str, str, Path]]:
 
 def _sipops(*args: str | Path) -> subprocess.CompletedProcess[str]:
     # this interpreter's sipops (the checkout under test), not whatever `sipops` PATH finds
-    argv = [sys.executable, "-c", "from sipops.cli import run; run()", *map(str, args)]
+    argv = [sys.executable, "-c", "from sipops.cli.main import run; run()", *map(str, args)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
 
 from .conftest import Lab
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
 from sipops.lab.access import exec_argv
 from sipops.lab.lifecycle import UpOptions, down, restart, up
 from sipops.lab.state import LabState

@@ -35,7 +35,7 @@ from .conftest import lab_skip_reason
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_opensips]
 NETWORK = IPv4Network("198.18.176.0/20")  # no other test lab's range
 ROOT = Path(__file__).resolve().parents[2]
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 KEYRING = "/usr/share/keyrings/opensips-org.gpg"
 SOURCES = "/etc/apt/sources.list.d/opensips.list"
 

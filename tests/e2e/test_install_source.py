@@ -32,7 +32,7 @@ from .conftest import lab_skip_reason
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_opensips]
 NETWORK = IPv4Network("198.18.160.0/20")  # no other test lab's range
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 BINARY = "/usr/local/opensips/sbin/opensips"
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>

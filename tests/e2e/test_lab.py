@@ -14,9 +14,9 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from sipops.cli.lab import app
 from sipops.lab import hosts as lab_hosts
 from sipops.lab import lifecycle, net
-from sipops.lab.cli import app
 from sipops.lab.lifecycle import UpOptions, down, up
 from sipops.lab.state import LabState
 from sipops.remote.transport import HostKeyError, connect

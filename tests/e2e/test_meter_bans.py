@@ -69,7 +69,7 @@ def host(lab: Lab) -> Iterator[Lab]:
 
 def _ship(lab: Lab) -> None:
     """sipops on HOST from a wheelhouse built here (as tests/e2e/test_watch.py's `shipped`)."""
-    from sipops.provision import agent
+    from sipops.provision import wheelhouse as agent
 
     version = run(lab, HOST, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])").strip()
     arch = run(lab, HOST, "uname", "-m").strip()

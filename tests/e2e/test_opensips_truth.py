@@ -34,7 +34,7 @@ from .conftest import lab_skip_reason
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_opensips]
 NETWORK = IPv4Network("198.18.192.0/20")
 ROOT = Path(__file__).resolve().parents[2]
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 CFG_FILES = ["etc/opensips/opensips.cfg", "etc/opensips/dbtext/dispatcher"]
 
 # Answers SIP OPTIONS with 200 and prints the source of each, for a bounded time (the gateway stand-in).

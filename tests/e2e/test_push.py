@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sipops.sip import options_ping
+from sipops.host.sip import options_ping
 from tests.e2e.conftest import Lab
 
 DATA = Path(__file__).parent.parent / "data" / "push_e2e"
-SIPOPS = [sys.executable, "-c", "from sipops.cli import run; run()"]
+SIPOPS = [sys.executable, "-c", "from sipops.cli.main import run; run()"]
 FILES = [
     "/etc/rsyslog.d/20-sipops-test.conf",
     "/etc/logrotate.d/sipops-test",

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sipops.cli import app
+from sipops.cli.main import app
 
 from .conftest import Lab
 from .tcp_hold import STANDIN_UNIT, hold, standin_remove_script, standin_script

@@ -3,7 +3,7 @@
 bans expire; a restart restores live bans with their remaining time; an unban survives a restart.
 
 The lab hosts have python3 and no sipops: the test ships the real CLI the way `sipops install` does, a
-wheelhouse built on this machine for the host's Python (sipops.provision.agent), unpacked by python3 into
+wheelhouse built on this machine for the host's Python (sipops.provision.wheelhouse), unpacked by python3 into
 /opt/sipops. The hosts have nftables but not python3-nftables, so this is the `nft -f -` executor.
 Run as: flock /tmp/sipops-e2e.lock python -m pytest tests/e2e/test_watch.py
 """
@@ -88,7 +88,7 @@ def ban4(lab: Lab) -> dict[str, dict[str, object]]:
 @pytest.fixture(scope="module")
 def shipped(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Lab:
     """sipops installed on HOST from a wheelhouse built here (cached by source digest)."""
-    from sipops.provision import agent
+    from sipops.provision import wheelhouse as agent
 
     version = run(lab, HOST, "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])").strip()
     arch = run(lab, HOST, "uname", "-m").strip()

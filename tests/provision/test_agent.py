@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sipops import __version__
-from sipops.provision.agent import _INSTALL, WheelhouseError, agent_phase, build_wheelhouse
+from sipops.provision.wheelhouse import _INSTALL, WheelhouseError, agent_phase, build_wheelhouse
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,3 @@
+from sipops.cli.main import run
+
+run()
