@@ -1,7 +1,9 @@
 """The watcher's link to a CrowdSec LAPI: its own bans out, the fleet's decisions in (stdlib only).
 
 The network runs in one background thread, so a LAPI that is down or slow never holds up a poll:
-local detection and bans go on, the thread retries with backoff (1 s doubling to 60 s) and, once the
+local detection and bans go on, the thread retries with backoff (1 s doubling to 10 s: the LAPI is a
+service of the operator's own network, one request every 10 s while it is down costs nothing, and a LAPI
+back after an hour must be caught up within seconds, not after a minute's backoff) and, once the
 LAPI answers again, sends every ban queued meanwhile (the outbox is kept in a root-only file, so a
 watcher restart loses none either) and catches up from the stream (a fresh `startup=true` pull after
 any failure: deletions missed while down are then found by difference).
@@ -38,6 +40,7 @@ CREDENTIALS = Path("/etc/sipops/crowdsec.json")
 STATE_NAME = "crowdsec.json"
 OUTBOX_NAME = "crowdsec-outbox.json"
 OUTBOX_MAX = 100_000  # a LAPI gone for days must not grow the file without bound: oldest dropped
+RETRY_CAP = 10.0  # seconds between attempts while the LAPI is down, at most (see above)
 
 
 def state_dir() -> Path:
@@ -103,7 +106,7 @@ class FleetLink:
         self.dir = directory or state_dir()
         self.interval = interval
         self.clock = clock
-        self.backoff = Backoff(monotonic=monotonic)
+        self.backoff = Backoff(cap=RETRY_CAP, monotonic=monotonic)
         self.monotonic = monotonic
         self._lock = threading.Lock()  # outbox, inbox, link
         self._applied_lock = threading.Lock()  # applied: written by take(), read by the thread's state saves
