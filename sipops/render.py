@@ -104,6 +104,9 @@ def environment(inv: Inventory) -> jinja2.Environment:
     env.filters.update(FILTERS)  # escaping per target: sipops.escape
     env.tests["ipv6"] = _is_ipv6
     env.tests["ipv4"] = _is_ipv4
+    from sipops.host.monitor import nftsets  # the firewall's sets: declared once, for the ban backend too
+
+    env.globals["nft_sets"] = nftsets.ALL_SETS
     return env
 
 

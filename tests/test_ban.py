@@ -36,7 +36,7 @@ def lines(rec: RecordingNft) -> list[str]:
     return rec.batches[0].splitlines()
 
 
-def test_start_declares_table_and_sets_as_the_firewall_template_and_plants_the_canary() -> None:
+def test_start_declares_table_and_sets_from_nftsets_and_plants_the_canary() -> None:
     rec = RecordingNft()
     NftBackend(rec).start()
     assert lines(rec) == [
@@ -47,6 +47,7 @@ def test_start_declares_table_and_sets_as_the_firewall_template_and_plants_the_c
         f"add set {T} ban6 {{ type ipv6_addr; flags dynamic, timeout; size 1048576; }}",
         f"add set {T} banned_cidr4 {{ type ipv4_addr; flags interval, timeout; size 65536; }}",
         f"add set {T} banned_cidr6 {{ type ipv6_addr; flags interval, timeout; size 65536; }}",
+        f"add set {T} grace {{ type inet_proto; flags timeout; size 4; }}",
         f'add element {T} ban4 {{ 0.0.0.1 timeout 2592000s comment "sipops-canary" }}',
     ]
 

@@ -1,6 +1,6 @@
 """Ban backends: per-element timeouts in kernel sets, written in batches, never one process or rule per IP.
 
-NftBackend   our table `inet sipops`, declared exactly as templates/nftables/sipops.nft.j2 declares it:
+NftBackend   our table `inet sipops`, its sets declared from nftsets.py (as the firewall template's are):
              ban4/ban6 (dynamic, timeout: the kernel SYN meter adds to them too), banned_cidr4/6 (interval,
              timeout). Every call is ONE nft transaction, through libnftables in-process when Debian's
              python3-nftables is there (also found from a venv), else one `nft -f -` process.
@@ -25,8 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
-TABLE = "inet sipops"
-BAN_SETS = ("ban4", "ban6", "banned_cidr4", "banned_cidr6")
+# The sets are declared once, in nftsets.py; these names stay importable from here.
+from sipops.host.monitor.nftsets import BAN_SETS as BAN_SETS
+from sipops.host.monitor.nftsets import TABLE as TABLE
+from sipops.host.monitor.nftsets import declarations as declarations
+
 # A tombstone element the watcher keeps in ban4: when it is gone, the table or set was wiped (a flush,
 # a reboot, someone's `nft flush ruleset`) and every live ban is re-asserted at once. 0.0.0.1 is never
 # a packet's source address.
@@ -204,19 +207,6 @@ def nft_executor(prefer_lib: bool = True) -> NftExecutor:
         except OSError:
             pass
     return NftCliExecutor()
-
-
-def declarations() -> list[str]:
-    """Table and sets exactly as the firewall template declares them (`add` is idempotent)."""
-    return [
-        f"add table {TABLE}",
-        f"add set {TABLE} allow4 {{ type ipv4_addr; flags interval; }}",
-        f"add set {TABLE} allow6 {{ type ipv6_addr; flags interval; }}",
-        f"add set {TABLE} ban4 {{ type ipv4_addr; flags dynamic, timeout; size 1048576; }}",
-        f"add set {TABLE} ban6 {{ type ipv6_addr; flags dynamic, timeout; size 1048576; }}",
-        f"add set {TABLE} banned_cidr4 {{ type ipv4_addr; flags interval, timeout; size 65536; }}",
-        f"add set {TABLE} banned_cidr6 {{ type ipv6_addr; flags interval, timeout; size 65536; }}",
-    ]
 
 
 def guard_chain() -> list[str]:
