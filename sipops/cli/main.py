@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from sipops import __version__
 from sipops.errors import ExitCode, InputError
+from sipops.host.drain import DRAIN_TIMEOUT
 
 # rich_markup_mode=None on every Typer app: plain help and usage errors. Rich's panels cost 0.1 s of
 # every --help and of every bad-argument exit (typer marks required arguments {LIKE...} in plain usage).
@@ -385,15 +386,34 @@ def push(
     local: LocalOpt = False,
     root: RootOpt = "",
     accept_new_host_key: AcceptNewOpt = False,
+    drain: Annotated[
+        bool,
+        typer.Option(
+            "--drain/--no-drain",
+            help="Before restarting OpenSIPS on a load balancer's gateway, set it inactive there and wait for "
+            "its calls in setup; put it back after",
+        ),
+    ] = True,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout",
+            min=0,
+            max=3600,
+            help="Seconds to wait for a drained host's calls in setup; then it is put back, not restarted",
+        ),
+    ] = DRAIN_TIMEOUT,
 ) -> None:
     """Apply config changes: validated on the host, backed up, swapped atomically, health-gated, rolled back."""
     from sipops.remote import fleet
     from sipops.remote.apply import PushOptions
+    from sipops.remote.drain import DrainOptions
 
     opts = PushOptions(lock_timeout=lock_timeout, gate_timeout=gate_timeout, keep=keep, root=root)
     try:
         t = fleet.load_targets(inventory, targets, local=local, accept_new=accept_new_host_key)
-        code = fleet.push(t, sys.stdout, forks=forks, serial=serial, opts=opts, check=check)
+        draining = DrainOptions(enabled=drain, timeout=drain_timeout)
+        code = fleet.push(t, sys.stdout, forks=forks, serial=serial, opts=opts, check=check, drain=draining)
     except InputError as exc:
         bad_input(exc)
     raise typer.Exit(code)

@@ -3,17 +3,21 @@ runs the handlers and the health gate, and rolls back on failure. Rollback to a 
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sipops.inventory import Inventory
 from sipops.remote.facts import gather, handler_units, opensips_cfg, sha256
 from sipops.remote.plan import REMOVE, HostPlan, plan_host
 from sipops.remote.runner import RemoteError, Runner, call
 from sipops.render import HostRender, context
+
+if TYPE_CHECKING:
+    from sipops.remote.drain import Drainer
 
 RunnerFactory = Callable[[], Runner]
 
@@ -25,6 +29,7 @@ class PushOptions:
     keep: int = 10
     root: str = ""  # tests only: every host path lives under this directory
     apply_timeout: float = 900
+    drain: Drainer | None = None  # issue 19: drain behind load balancers around restarts (push only)
 
 
 @dataclass
@@ -197,7 +202,9 @@ def push_host(
         elif check:
             result = HostResult(name, "would change", [c.dest for c in plan.changes], plan.handlers)
         else:
-            result = _apply(runner, runner_factory, plan, rendered, inv, opts, log)
+            # --- issue 19 hook: a restart behind a load balancer is drained first (sipops.remote.drain)
+            apply = functools.partial(_apply, runner, runner_factory, plan, rendered, inv, opts, log)
+            result = opts.drain.around(rendered, plan, runner, apply, log) if opts.drain else apply()
     except RemoteError as exc:
         result = HostResult(name, "failed", reason=str(exc))
     except Exception as exc:  # unreachable, auth, host key: this host fails alone

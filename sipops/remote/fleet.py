@@ -17,6 +17,7 @@ from sipops.errors import ExitCode, InputError
 from sipops.inventory import Host, Inventory, load_inventory, resolve_inventory_path
 from sipops.remote.apply import HostResult, PushOptions, push_host, rollback_host
 from sipops.remote.diff import render_plan
+from sipops.remote.drain import Drainer, DrainOptions
 from sipops.remote.facts import gather
 from sipops.remote.plan import plan_host
 from sipops.remote.runner import LocalRunner, RemoteError, Runner, SSHRunner
@@ -132,7 +133,18 @@ def _printer(out: TextIO) -> Callable[[str], None]:
     return emit
 
 
-def push(t: Target, out: TextIO, *, forks: int, serial: int | None, opts: PushOptions, check: bool = False) -> int:
+def push(
+    t: Target,
+    out: TextIO,
+    *,
+    forks: int,
+    serial: int | None,
+    opts: PushOptions,
+    check: bool = False,
+    drain: DrainOptions | None = None,
+) -> int:
+    if drain is not None and drain.enabled and not t.local:  # --- issue 19 hook: see sipops.remote.drain
+        opts.drain = Drainer(t.inv, t.runner, drain)
     pre = Preconnect(t, forks)
     try:
         rendered = {r.host.name: r for r in render_all(t)}
