@@ -77,3 +77,14 @@ def test_hundred_thousand_bans_are_recorded_and_read_back_quickly(tmp_path: Path
     live = j.live()
     assert len(live) == 100_000
     assert time.perf_counter() - started < 1.0
+
+
+def test_record_with_the_counts_already_read_gives_the_same_rows(tmp_path: Path) -> None:
+    clock = Clock()
+    a, b = Journal(tmp_path / "a.sqlite", clock), Journal(tmp_path / "b.sqlite", clock)
+    for j in (a, b):
+        j.record([NewBan("192.0.2.1", "conn_flood", "", 600)])
+    clock.t += 700
+    bans = [NewBan("192.0.2.1", "conn_flood", "again", 600), NewBan("192.0.2.2", "manual", "", 60)]
+    assert a.record(bans) == b.record(bans, previous=b.counts(["192.0.2.1", "192.0.2.2"]))
+    assert [r.count for r in a.all()] == [2, 1] == [r.count for r in b.all()]

@@ -169,3 +169,11 @@ def test_the_event_format_escapes_quotes_so_it_stays_parseable() -> None:
 
 def test_ban_objects_carry_total_and_remaining_time() -> None:
     assert Ban("192.0.2.1", 600, remaining=5).remaining == 5
+
+
+def test_the_event_line_carries_the_end_time_in_utc_and_the_extras_in_order() -> None:
+    line = format_event("ban", "192.0.2.1", "conn_flood", 1_800_000_000.9, "conns=300>200", seconds=600, count=2)
+    assert line == (
+        "action=ban addr=192.0.2.1 rule=conn_flood until=2027-01-15T08:00:00Z seconds=600 count=2 "
+        'evidence="conns=300>200"'
+    )

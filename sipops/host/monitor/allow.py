@@ -16,6 +16,7 @@ from typing import Any
 
 Network = IPv4Network | IPv6Network
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
 @dataclass
@@ -51,6 +52,22 @@ class Allowlist:
         reason = self.exact.get(address)
         if reason is not None:
             return reason
+        if "/" not in address:
+            # A poll that bans 10k addresses asks 10k times: inet_pton and integer masks take 1 us where
+            # ip_address and `in` take 12; anything inet_pton refuses (scope ids, garbage) takes the long way.
+            family, version = (socket.AF_INET6, 6) if ":" in address else (socket.AF_INET, 4)
+            try:
+                packed = socket.inet_pton(family, address)
+            except OSError:
+                pass
+            else:
+                if version == 6 and packed[:12] == _V4_MAPPED:
+                    return self.why(socket.inet_ntop(socket.AF_INET, packed[12:]))
+                n = int.from_bytes(packed, "big")
+                for net, why in self.networks:
+                    if net.version == version and n & int(net.netmask) == int(net.network_address):
+                        return why
+                return None
         try:
             if "/" in address:
                 target = ip_network(address, strict=False)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 Clock = Callable[[], float]
 DEFAULT_PATH = Path("/var/lib/sipops/bans.sqlite")
@@ -38,14 +38,15 @@ def default_path() -> Path:
     return Path(state) / "bans.sqlite" if state else DEFAULT_PATH
 
 
-@dataclass(frozen=True, slots=True)
-class BanRecord:
+class BanRecord(NamedTuple):
+    """One journal row. A NamedTuple, not a dataclass: a 10k-ban poll builds 10k of them (0.5 us each, not 1.6)."""
+
     address: str
     rule: str
     evidence: str
     since: float
     until: float
-    count: int
+    count: int  # type: ignore[assignment]  # the column's name; it shadows tuple.count, which nothing calls
     unbanned: bool
 
     def remaining(self, now: float) -> float:
@@ -68,9 +69,8 @@ class BanRecord:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class NewBan:
-    """What the watcher or the CLI wants banned; the journal decides the count."""
+class NewBan(NamedTuple):
+    """What the watcher or the CLI wants banned; the journal decides the count (a NamedTuple, as BanRecord)."""
 
     address: str
     rule: str
@@ -110,30 +110,37 @@ class Journal:
                 out[row[0]] = _record(row)
         return out
 
-    def record(self, bans: Sequence[NewBan], *, forgive_after: float = 86400.0) -> list[BanRecord]:
+    def record(
+        self,
+        bans: Sequence[NewBan],
+        *,
+        forgive_after: float = 86400.0,
+        previous: Mapping[str, BanRecord] | None = None,
+    ) -> list[BanRecord]:
         """Store bans in one transaction; `count` grows unless the last ban ended over `forgive_after` ago.
 
-        An earlier manual unban is cleared by a new ban.
+        An earlier manual unban is cleared by a new ban. previous: what counts() just returned for these
+        addresses (the watcher reads it to escalate; reading it twice is a third of a 10k poll's journal time).
         """
         now = self.clock()
-        previous = self.counts(b.address for b in bans)
+        if previous is None:
+            previous = self.counts(b.address for b in bans)
         out = []
-        rows = []
-        for b in bans:
-            prev = previous.get(b.address)
+        get = previous.get
+        for address, rule, evidence, seconds, left in bans:
+            prev = get(address)
             count = 1
             if prev is not None and prev.until + forgive_after > now:
                 count = prev.count + (0 if prev.live(now) else 1)
-            until = now + (b.seconds if b.left is None else min(b.left, b.seconds))
-            rec = BanRecord(b.address, b.rule, b.evidence, until - b.seconds, until, count, False)
-            rows.append((rec.address, rec.rule, rec.evidence, rec.since, rec.until, rec.count))
-            out.append(rec)
+            until = now + (seconds if left is None else min(left, seconds))
+            out.append(BanRecord(address, rule, evidence, until - seconds, until, count, False))
         with self._tx():
+            # The records are the rows (unbanned is the 7th column): no second list of 10k tuples.
             self.db.executemany(
-                "INSERT INTO bans (address, rule, evidence, since, until, count, unbanned) VALUES (?,?,?,?,?,?,0) "
+                "INSERT INTO bans (address, rule, evidence, since, until, count, unbanned) VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT(address) DO UPDATE SET rule=excluded.rule, evidence=excluded.evidence, "
                 "since=excluded.since, until=excluded.until, count=excluded.count, unbanned=0",
-                rows,
+                out,
             )
         return out
 
