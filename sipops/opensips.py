@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 SUPPORTED_VERSIONS = ("3.4", "3.6")
 SOURCE_PREFIX = "/usr/local/opensips"
@@ -83,7 +84,21 @@ class OpenSIPSLayout:
         return asdict(self)
 
 
-def layout(version: str, install: str, prefix: str | None, mpath: str | None = None) -> OpenSIPSLayout:
+class HasVars(Protocol):
+    """An inventory host (sipops.inventory.Host): only its merged variables are read here."""
+
+    @property
+    def vars(self) -> Mapping[str, Any]: ...
+
+
+def layout(host: HasVars) -> OpenSIPSLayout:
+    """The layout of a host's OpenSIPS, from its opensips_version, _install, _prefix and _mpath: the one
+    place host variables become paths (render, install, service, tune-tcp all ask here)."""
+    v = host.vars
+    return build_layout(v["opensips_version"], v["opensips_install"], v.get("opensips_prefix"), v.get("opensips_mpath"))
+
+
+def build_layout(version: str, install: str, prefix: str | None, mpath: str | None = None) -> OpenSIPSLayout:
     """The layout for a version (3.4/3.6) and install method; `prefix` only for existing installs."""
     params = _VERSION_PARAMS[version]
     if install == "package":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from sipops.errors import InputError
 from sipops.escape import FILTERS
 from sipops.inventory import Host, Inventory
 from sipops.netcheck import overlap_warnings
-from sipops.opensips import layout
+from sipops.opensips import OpenSIPSLayout, layout
 from sipops.paths import cache_dir, search_dirs
 
 
@@ -51,7 +53,25 @@ class HostRender:
     handlers: dict[str, str]  # name -> command, for the handlers any file may notify
     retired: list[RetiredFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # worth a look, not an error (overlapping allowlists)
+    # The variables the templates saw (context()): install's phases, the push gate and health read them
+    # here instead of building them again.
+    context: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def layout(self) -> OpenSIPSLayout:
+        return layout(self.host)
+
+
+@cache
+def _health_zipapp() -> bytes:
+    from sipops.health.bundle import zipapp_bytes
+
+    return zipapp_bytes()
+
+
+# Files sipops builds instead of rendering (a role template's src names one): the same bytes for every
+# host, pushed like any template's output (hash compared, backed up, swapped atomically, retired).
+GENERATED: dict[str, Callable[[], bytes]] = {"sipops:health.pyz": _health_zipapp}
 
 # Ten times the largest packaged template: Jinja compiles ~100 KiB of expressions a second, so the cap is
 # what keeps a hostile template's compile (run before any error could be reported) well under a second.
@@ -129,7 +149,7 @@ def _is_ipv4(value: str) -> bool:
 def context(inv: Inventory, host: Host, env: jinja2.Environment | None = None) -> dict[str, Any]:
     """Variables templates see: the host's merged vars plus facts derived from the inventory."""
     v = dict(host.vars)
-    osl = layout(v["opensips_version"], v["opensips_install"], v.get("opensips_prefix"), v.get("opensips_mpath"))
+    osl = layout(host)
     modules = _names(v, host, "modules")
     fleet = [{"name": h.name, "address": h.address, "roles": h.roles} for h in inv.hosts.values()]
     sockets = v.get("sockets") or [
@@ -280,7 +300,8 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
                         message = f"notifies unknown handler '{n}'"
                         raise InputError(message, file=r.file, line=t.line, field=field_name)
             try:
-                text = env.get_template(t.src).render(ctx)
+                built = GENERATED.get(t.src)
+                text = built() if built is not None else env.get_template(t.src).render(ctx)
             except jinja2.TemplateNotFound as exc:
                 raise InputError(f"template '{exc.name}' not found", file=r.file, line=t.line, field="src") from None
             except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
@@ -289,12 +310,11 @@ def render_host(inv: Inventory, host: Host, env: jinja2.Environment | None = Non
             # A later role may replace an earlier role's file (e.g. a user's role overriding one path).
             owner = _expr(env, t.owner, ctx, where, host)
             group = _expr(env, t.group, ctx, where, host)
-            files[dest] = RenderedFile(
-                dest, text.encode(), t.mode, owner, group, validate, t.notify, t.src, t.notify_routes
-            )
+            content = text if isinstance(text, bytes) else text.encode()
+            files[dest] = RenderedFile(dest, content, t.mode, owner, group, validate, t.notify, t.src, t.notify_routes)
     gone = [retired[d] for d in sorted(retired) if d not in files]  # another template may still render it
     warnings = overlap_warnings(host.name, host.vars)
-    return HostRender(host, [files[d] for d in sorted(files)], handlers, gone, warnings)
+    return HostRender(host, [files[d] for d in sorted(files)], handlers, gone, warnings, ctx)
 
 
 def write_tree(out_dir: Path, rendered: HostRender) -> list[Path]:

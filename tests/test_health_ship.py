@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,15 @@ from sipops.health import bundle, cron
 from sipops.health.remote import host_config, parse_reply, run_hosts
 from sipops.host.health.config import HealthConfig, Socket
 from sipops.inventory import load_inventory
+from sipops.remote.apply import PushOptions, list_backups
+from sipops.remote.facts import gather
+from sipops.remote.plan import CREATE, REMOVE, UNCHANGED, plan_host
+from sipops.remote.runner import LocalRunner
+from sipops.render import render_host
 from tests.conftest import Cli
 
 STDLIB = set(sys.stdlib_module_names)
+ZIPAPP = "/usr/local/lib/sipops/sipops-health.pyz"  # health_zipapp's default (roles/common.yaml)
 
 
 def test_shipped_modules_import_only_the_standard_library_and_each_other() -> None:
@@ -99,70 +106,89 @@ def test_inventory_thresholds_reach_the_host_config(write_inventory: Any) -> Non
     assert lb.gateway_engine == "dispatcher" and "watcher" not in lb.enabled() and "gateways" in lb.enabled()
 
 
-@dataclass
-class Result:
-    stdout: str = ""
-    stderr: str = ""
-    exited: int = 0
+def _local(tmp_path: Path) -> tuple[Path, Any, PushOptions]:
+    """The push agent on this machine, every host path under a temporary root (as `push --local --root`)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return root, lambda: LocalRunner("sip1"), PushOptions(root=str(root))
 
 
-@dataclass
-class FakeConnection:
-    """Records commands and uploads (a test double of fabric.Connection)."""
-
-    facts: str = "PYTHON3=/usr/bin/python3\n"
-    commands: list[str] = field(default_factory=list)
-    uploads: dict[str, bytes] = field(default_factory=dict)
-
-    def run(self, command: str, **kwargs: Any) -> Result:
-        self.commands.append(command)
-        return Result(self.facts if command.startswith("for f in") else "")
-
-    def put(self, local: Any, remote: str) -> None:
-        self.uploads[remote] = local.read()
-
-
-def test_cron_install_ships_the_agent_and_an_entry_with_the_alert_command(write_inventory: Any) -> None:
+def test_cron_install_puts_the_zipapp_and_the_entry_through_the_push_agent(
+    write_inventory: Any, tmp_path: Path
+) -> None:
     inv = load_inventory(write_inventory(INVENTORY))
-    conn = FakeConnection()
-    res = cron.install(conn, inv, inv.hosts["sip1"], timer=False, alert_cmd="mail -s sipops ops@example.net")
-    assert res.ok
-    entry = conn.uploads[cron.CRON_PATH + ".sipops-tmp"].decode()
-    assert (
-        "* * * * * root /usr/bin/python3 /usr/local/lib/sipops/sipops-health.pyz --local --quiet --state-name cron"
-        in entry
+    root, runner, opts = _local(tmp_path)
+    res = cron.install(
+        runner, inv, inv.hosts["sip1"], timer=False, alert_cmd="mail -s sipops ops@example.net", opts=opts
     )
+    assert res.ok, res.error
+    assert sorted(res.changed) == sorted([cron.CONFIG_PATH, cron.CRON_PATH, ZIPAPP])
+    entry = (root / cron.CRON_PATH.lstrip("/")).read_text()
+    # python3 as the agent found it on the host
+    assert re.search(rf"\* \* \* \* \* root /\S+/python3 {ZIPAPP} --local --quiet --state-name cron", entry), entry
     assert "--textfile /var/lib/prometheus/node-exporter" in entry
-    config = json.loads(conn.uploads[cron.CONFIG_PATH + ".sipops-tmp"])
+    config = json.loads((root / cron.CONFIG_PATH.lstrip("/")).read_text())
     assert config["alert_cmd"] == "mail -s sipops ops@example.net"
-    assert conn.uploads[cron.AGENT_PATH + ".sipops-tmp"] == bundle.zipapp_bytes()
-    assert not any("systemctl" in c for c in conn.commands)
+    pyz = root / ZIPAPP.lstrip("/")
+    assert pyz.read_bytes() == bundle.zipapp_bytes() and pyz.stat().st_mode & 0o777 == 0o755
+    # The push agent wrote them: one backup (of nothing: all three were new) a rollback can go back to.
+    [backup] = list_backups(LocalRunner(), str(root))
+    assert sorted(f["path"] for f in backup["files"]) == sorted(res.changed)
+    again = cron.install(runner, inv, inv.hosts["sip1"], timer=False, alert_cmd="mail -s sipops ops@example.net",
+                         opts=opts)  # fmt: skip
+    assert again.ok and again.changed == []
 
 
-def test_cron_install_uses_the_installed_sipops_and_uploads_nothing_unchanged(write_inventory: Any) -> None:
-    inv = load_inventory(write_inventory(INVENTORY))
-    host = inv.hosts["sip1"]
-    first = FakeConnection(facts="SIPOPS_BIN=yes\nPYTHON3=/usr/bin/python3\n")
-    cron.install(first, inv, host, timer=True, alert_cmd=None)
-    assert cron.AGENT_PATH + ".sipops-tmp" not in first.uploads
-    unit = first.uploads[cron.SERVICE_PATH + ".sipops-tmp"].decode()
-    assert "ExecStart=/opt/sipops/bin/sipops health --local --quiet --state-name cron" in unit
-    assert any("systemctl enable --now sipops-health.timer" in c for c in first.commands)
-    sums = "".join(f"{__import__('hashlib').sha256(v).hexdigest()}  {k.removesuffix('.sipops-tmp')}\n"
-                   for k, v in first.uploads.items())  # fmt: skip
-    again = FakeConnection(facts=sums + "SIPOPS_BIN=yes\n")
-    assert cron.install(again, inv, host, timer=True, alert_cmd=None).changed == []
-    assert again.uploads == {}
+def test_cron_install_and_push_are_one_engine_so_neither_undoes_the_other(write_inventory: Any, tmp_path: Path) -> None:
+    """cron install pushes the common role's own health templates with the choices it keeps in
+    tuned/<host>.yaml: the push engine's plan of the whole host finds them as they are, and switching
+    to the timer retires the cron.d entry (the checks would run twice) through the same plan."""
+    path = write_inventory(INVENTORY)
+    inv = load_inventory(path)
+    root, runner, opts = _local(tmp_path)
+    installed = root / "opt/sipops/bin/sipops"  # sipops on the host: the schedule runs it, no zipapp
+    installed.parent.mkdir(parents=True)
+    installed.write_text("#!/bin/sh\n")
+    installed.chmod(0o755)
+    assert cron.install(runner, inv, inv.hosts["sip1"], timer=False, alert_cmd="logger sipops", opts=opts).ok
+    entry = (root / cron.CRON_PATH.lstrip("/")).read_text()
+    assert "* * * * * root /opt/sipops/bin/sipops health --local --quiet --state-name cron" in entry
+    assert not (root / ZIPAPP.lstrip("/")).exists()
+
+    again = load_inventory(path)
+    host = again.hosts["sip1"]
+    assert host.origins["health_alert_cmd"].level == "cron install"
+    whole = plan_host(render_host(again, host), gather(LocalRunner(), render_host(again, host), root=str(root)))
+    actions = {c.dest: c.action for c in whole.files}
+    assert actions[cron.CONFIG_PATH] == actions[cron.CRON_PATH] == UNCHANGED
+    assert cron.SERVICE_PATH not in actions and cron.TIMER_PATH not in actions
+
+    timer = cron.schedule(again, host, cron.schedule_vars(timer=True, alert_cmd=None, command=None))
+    plan = plan_host(timer, gather(LocalRunner(), timer, root=str(root)))
+    assert {c.dest: c.action for c in plan.changes} == {
+        cron.SERVICE_PATH: CREATE,
+        cron.TIMER_PATH: CREATE,
+        cron.CRON_PATH: REMOVE,
+    }
+    assert plan.handlers == ["daemon-reload", "start health timer"]
 
 
-def test_cron_install_with_timer_removes_the_cron_entry_and_remove_cleans_both(write_inventory: Any) -> None:
-    inv = load_inventory(write_inventory(INVENTORY))
-    conn = FakeConnection(facts=f"abc  {cron.CRON_PATH}\nPYTHON3=/usr/bin/python3\n")
-    res = cron.install(conn, inv, inv.hosts["sip1"], timer=True, alert_cmd=None)
-    assert f"removed {cron.CRON_PATH}" in res.changed
-    gone = FakeConnection(facts=f"abc  {cron.TIMER_PATH}\nabc  {cron.AGENT_PATH}\n")
-    res = cron.remove(gone, inv, inv.hosts["sip1"])
-    assert res.changed == ["removed sipops-health.timer", f"removed {cron.AGENT_PATH}"]
+def test_cron_remove_retires_the_entry_and_the_zipapp_and_push_keeps_them_away(
+    write_inventory: Any, tmp_path: Path
+) -> None:
+    path = write_inventory(INVENTORY)
+    inv = load_inventory(path)
+    root, runner, opts = _local(tmp_path)
+    assert cron.install(runner, inv, inv.hosts["sip1"], timer=False, alert_cmd=None, opts=opts).ok
+    res = cron.remove(runner, load_inventory(path), inv.hosts["sip1"], opts=opts)
+    assert res.ok, res.error
+    assert res.changed == [f"removed {cron.CRON_PATH}", f"removed {ZIPAPP}"]
+    assert not (root / cron.CRON_PATH.lstrip("/")).exists() and not (root / ZIPAPP.lstrip("/")).exists()
+    assert (root / cron.CONFIG_PATH.lstrip("/")).is_file()  # thresholds and state stay
+    after = load_inventory(path)
+    dests = {f.dest for f in render_host(after, after.hosts["sip1"]).files}
+    assert not dests & {cron.CRON_PATH, cron.SERVICE_PATH, cron.TIMER_PATH, ZIPAPP}
+    assert after.hosts["lb1"].vars["health_cron"] is True  # the other host is untouched
 
 
 def test_unreachable_host_is_unknown_with_the_reason(write_inventory: Any) -> None:
@@ -188,31 +214,3 @@ def test_cli_local_nagios_exit_code_and_bad_input(tmp_path: Path, cli: Cli) -> N
     assert code == 2 and "unknown check 'nope'" in err
     code, _, err = cli("health")
     assert code == 2 and "--local or HOST" in err
-
-
-def test_push_renders_what_cron_install_wrote_so_neither_undoes_the_other(write_inventory: Any) -> None:
-    """cron install keeps its choices in tuned/<host>.yaml: the push engine then renders the same
-    health.json and timer, and no cron.d entry beside the timer (the checks would run twice)."""
-    from sipops.render import render_host
-
-    path = write_inventory(INVENTORY)
-    inv = load_inventory(path)
-    conn = FakeConnection(facts=f"abc  {cron.CRON_PATH}\nPYTHON3=/usr/bin/python3\n")
-    assert cron.install(conn, inv, inv.hosts["sip1"], timer=True, alert_cmd="logger sipops").ok
-    uploaded = {k.removesuffix(".sipops-tmp"): v for k, v in conn.uploads.items()}
-
-    again = load_inventory(path)
-    host = again.hosts["sip1"]
-    assert host.origins["health_timer"].level == "cron install"
-    pushed = {f.dest: f.content for f in render_host(again, host).files}
-    assert cron.CRON_PATH not in pushed
-    for dest in (cron.CONFIG_PATH, cron.SERVICE_PATH, cron.TIMER_PATH):
-        assert pushed[dest] == uploaded[dest], dest
-    assert json.loads(pushed[cron.CONFIG_PATH])["alert_cmd"] == "logger sipops"
-
-    gone = FakeConnection(facts=f"abc  {cron.TIMER_PATH}\n")
-    assert cron.remove(gone, again, host).ok
-    after = load_inventory(path)
-    dests = {f.dest for f in render_host(after, after.hosts["sip1"]).files}
-    assert not dests & {cron.CRON_PATH, cron.SERVICE_PATH, cron.TIMER_PATH}
-    assert after.hosts["lb1"].vars["health_cron"] is True  # the other host is untouched

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from sipops.health.bundle import remote_script
 from sipops.host.health.config import ConfigError, HealthConfig, config_from_dict
@@ -23,14 +22,12 @@ MAX_PARALLEL = 16
 REMOTE_TIMEOUT = 120
 
 
-def host_config(inv: Inventory, host: Host, **overrides: Any) -> HealthConfig:
-    """The host's health.json, rendered from the inventory as push would render it."""
-    from sipops.render import context, environment
+def host_config(inv: Inventory, host: Host) -> HealthConfig:
+    """The host's health.json: the very file push renders (one render of the host, no second context)."""
+    from sipops.remote.facts import health_config
+    from sipops.render import render_host
 
-    ctx = context(inv, host)
-    ctx.update(overrides)
-    text = environment(inv).get_template(CONFIG_TEMPLATE).render(ctx)
-    return config_from_dict(json.loads(text), f"{CONFIG_TEMPLATE} for {host.name}")
+    return config_from_dict(health_config(render_host(inv, host)) or {}, f"{CONFIG_TEMPLATE} for {host.name}")
 
 
 def _failed(host: str, message: str) -> Report:

@@ -15,12 +15,6 @@ from sipops.host.health.model import worst
 from sipops.inventory import Host, load_inventory, resolve_inventory_path
 
 
-def _connect(host: Host) -> Any:
-    from sipops.remote.transport import connect
-
-    return connect(host)
-
-
 def _runner(host: Host) -> Any:
     """The push engine's runner: one raw SSH channel per call, sudo when the SSH user is not root."""
     from sipops.remote.runner import SSHRunner
@@ -120,7 +114,7 @@ def cron(
     inventory: str | None,
     timer: bool = False,
     alert_cmd: str | None = None,
-    connect: Callable[[Host], Any] = _connect,
+    connect: Callable[[Host], Any] = _runner,
 ) -> int:
     """Install or remove the every-minute checks on HOST…; exit 1 when some host failed."""
     from sipops.health import cron as cronmod
@@ -131,16 +125,11 @@ def cron(
     hosts = inv.select(targets)
 
     def do(host: Host) -> str:
-        conn = connect(host)
-        try:
-            if action == "install":
-                res = cronmod.install(conn, inv, host, timer=timer, alert_cmd=alert_cmd)
-            else:
-                res = cronmod.remove(conn, inv, host)
-        finally:
-            close = getattr(conn, "close", None)
-            if close is not None:
-                close()
+        # Through the push engine (one agent, its backups and retire): connect(host) opens a Runner.
+        if action == "install":
+            res = cronmod.install(lambda: connect(host), inv, host, timer=timer, alert_cmd=alert_cmd)
+        else:
+            res = cronmod.remove(lambda: connect(host), inv, host)
         if not res.ok:
             raise RuntimeError(res.error)
         return ", ".join(res.changed) if res.changed else "no change"

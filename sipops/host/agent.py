@@ -57,6 +57,8 @@ def main(req: Json, stream: IO[bytes], size: int) -> None:
         out = wait(req)
     elif op == "backups":
         out = {"ok": True, "backups": list_backups(req)}
+    elif op == "place":
+        out = place(req, stream)
     else:
         out = {"ok": False, "error": f"unknown op {op}"}
     reply(out)
@@ -768,3 +770,69 @@ def prune(req: Json) -> None:
     results = sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []
     for old in results[: max(0, len(results) - keep)]:
         os.unlink(f"{rdir}/{old}")
+
+
+# --- place: the artifacts install runs from (a wheelhouse, a release tarball) ------------------------
+# Not managed files (no validation, backup or handlers: nothing reads them until a step unpacks them),
+# but put the same way: read whole and checked against their sha256 before anything is renamed, each
+# written beside its destination and renamed into place under the host's lock, so never half there.
+
+
+def place(req: Json, stream: IO[bytes]) -> Json:
+    """With "check": which files differ from the host's (nothing read or written), so unchanged
+    megabytes are never sent. Else the payload holds each file's bytes, in request order."""
+    root = _root(req)
+    files = req["files"]
+    if req.get("check"):
+        return {"ok": True, "differ": [f["path"] for f in files if _live_sha256(root + f["path"]) != f["sha256"]]}
+    written: list[str] = []
+    for f in files:
+        new = root + f["path"] + NEW
+        written.append(new)
+        if not _receive(stream, new, f):
+            for path in written:
+                if os.path.exists(path):
+                    os.unlink(path)
+            return {"ok": False, "phase": "transfer", "error": f"transfer cut short at {f['path']}; nothing changed"}
+    fd, holder = lock(req)
+    if fd is None:
+        for path in written:
+            os.unlink(path)
+        waited = req.get("lock_timeout", 60)
+        return {"ok": False, "phase": "lock", "error": f"host is locked by {holder} (waited {waited}s)"}
+    try:
+        for f in files:
+            live = root + f["path"]
+            os.replace(live + NEW, live)
+            _fsync_dir(os.path.dirname(live))
+    finally:
+        os.close(fd)
+    return {"ok": True, "placed": [f["path"] for f in files]}
+
+
+def _live_sha256(path: str) -> str | None:
+    try:
+        return sha256(path) if os.path.isfile(path) else None
+    except OSError:
+        return None
+
+
+def _receive(stream: IO[bytes], new: str, f: Json) -> bool:
+    """f["size"] bytes of the payload into `new` (root's, f["mode"], fsynced); False when cut short or
+    their sha256 is not f["sha256"]."""
+    os.makedirs(os.path.dirname(new), mode=0o755, exist_ok=True)
+    h = _sha256()
+    left = int(f["size"])
+    with open(new, "wb") as fh:
+        while left:
+            block = stream.read(min(left, 1 << 20))
+            if not block:
+                break
+            h.update(block)
+            fh.write(block)
+            left -= len(block)
+        os.fchown(fh.fileno(), 0, 0)
+        os.fchmod(fh.fileno(), int(f.get("mode", "0644"), 8))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return not left and h.hexdigest() == f["sha256"]

@@ -30,8 +30,7 @@ def as_root(host: Host, command: str) -> str:
 
 
 def _unit(host: Host) -> str:
-    v = host.vars
-    return layout(v["opensips_version"], v["opensips_install"], v.get("opensips_prefix")).unit
+    return layout(host).unit
 
 
 def service_action(host: Host, action: str, *, accept_new_host_key: bool = False) -> ServiceResult:

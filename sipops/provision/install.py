@@ -24,6 +24,9 @@ from sipops.provision import wheelhouse as agent
 from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
 from sipops.provision.runner import InstallFacts, ShellRunner, gather, run_steps
 from sipops.provision.steps import PhasePlan, Step, StepResult, StepWatch, q
+from sipops.remote.place import Artifact, place
+from sipops.remote.runner import OnOutput, Output, RemoteError, Runner
+from sipops.render import HostRender, render_host
 
 
 @dataclass
@@ -67,8 +70,36 @@ class InstallReport:
 
 
 # The files phase: push the host's rendered files (validated, atomic); the push engine provides it.
-# Arguments: the host, check mode, and whether OpenSIPS is still to be installed (check mode only).
-PushFiles = Callable[[Host, bool, bool], PhaseReport]
+# Arguments: the host's one render, check mode, and whether OpenSIPS is still to be installed (check mode only).
+PushFiles = Callable[[HostRender, bool, bool], PhaseReport]
+
+
+class _Lent:
+    """Install's open connection lent to the push engine: its close() leaves it open for the later phases."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.name = runner.name
+
+    def exec(self, command: str, stdin: bytes, timeout: float, on_output: OnOutput | None = None) -> Output:
+        return self.runner.exec(command, stdin, timeout, on_output)
+
+    def close(self) -> None:
+        return None
+
+
+def lent(runner: Runner, connect: Callable[[], Runner]) -> Callable[[], Runner]:
+    """A runner factory for push_host: install's own connection first (one connection per host); called
+    again (a reconnect after the connection dropped), a new one from `connect`."""
+    used: list[bool] = []
+
+    def factory() -> Runner:
+        if used:
+            return connect()
+        used.append(True)
+        return _Lent(runner)
+
+    return factory
 
 
 def with_operator_allowed(host: Host, facts: InstallFacts) -> Host:
@@ -156,11 +187,11 @@ def install_host(
         return report
     record(PhaseReport("os", note=f"{osinfo.pretty} ({osinfo.pkg}, firewall: {osinfo.firewall})"))
     host = with_operator_allowed(host, facts)
+    rendered = render_host(inv, host)  # once: the phases, the files and the checks all read this render
     backend = plan.firewall_backend(osinfo, facts.has_nft, facts.firewalld)
     marker = f"sipops install probe {secrets.token_hex(6)}"
-    phases = plan.install_plan(
-        inv, host, osinfo, firewall=backend, log_marker=marker, in_container=bool(facts.container)
-    )
+    container = bool(facts.container)
+    phases = plan.install_plan(rendered, osinfo, firewall=backend, log_marker=marker, in_container=container)
     by_name = {p.name: p for p in phases}
     order = [
         "dependencies",
@@ -175,7 +206,7 @@ def install_host(
         "service",
         "verify",
     ]
-    ctx_sockets = plan.inputs(inv, host, osinfo)[1]["sip_sockets"]
+    ctx_sockets = rendered.context["sip_sockets"]
     skip = skip or set()
     for name in order:
         if name in skip:
@@ -192,7 +223,7 @@ def install_host(
             phase: PhasePlan | None = agent.agent_phase(tar, stamp)
         elif name == "files":
             pending = check and any(p.name == "opensips" and p.changed for p in report.phases)
-            if not record(push_files(host, check, pending)):
+            if not record(push_files(rendered, check, pending)):
                 return report
             continue
         elif name == "verify":
@@ -204,11 +235,26 @@ def install_host(
             phase = by_name.get(name)
         if phase is None:
             continue
+        try:
+            placed = [] if check else place_uploads(runner, phase)
+        except (RemoteError, OSError) as exc:  # a local file unreadable, the host refusing it
+            record(PhaseReport(name, error=f"upload: {exc}"))
+            return report
         watcher = watch(name) if watch is not None else None
         results = run_steps(runner, phase.steps, check=check, watch=watcher) if phase.steps else []
+        results = [StepResult(f"upload {p}", "changed") for p in placed] + results
         if not record(PhaseReport(name, results, phase.note)):
             return report
     return report
+
+
+def place_uploads(runner: ShellRunner, phase: PhasePlan) -> list[str]:
+    """The files the phase's steps work from (a wheelhouse, a local release tarball), put through the push
+    agent's place op before its script runs: sent only when the host's copy differs, renamed in whole."""
+    wanted = [
+        Artifact(remote, Path(local).read_bytes()) for s in phase.steps if s.upload for local, remote in [s.upload]
+    ]
+    return place(runner.runner, wanted)
 
 
 def format_phase(host: str, phase: PhaseReport) -> str:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sipops.inventory import Host, Inventory
-from sipops.opensips import OpenSIPSLayout, layout
 from sipops.provision import phases, services
 from sipops.provision.osinfo import OsInfo
 from sipops.provision.steps import PhasePlan
-from sipops.render import context
+from sipops.render import HostRender
 
 YUM_RELEASE_RPM = (
     "https://yum.opensips.org/{version}/releases/el/{el}/x86_64/opensips-yum-releases-{version}-1.el{el}.noarch.rpm"
 )
 
 
-def inputs(inv: Inventory, host: Host, os: OsInfo) -> tuple[phases.InstallInputs, dict[str, Any]]:
-    """What the phases need for `host` on `os`, and the template context it came from."""
-    ctx = context(inv, host)
-    lay = layout_of(ctx)
+def inputs(rendered: HostRender, os: OsInfo) -> phases.InstallInputs:
+    """What the phases need for the rendered host on `os` (from the context its files were rendered with)."""
+    ctx, host, lay = rendered.context, rendered.host, rendered.layout
     release = ctx.get("opensips_release") or phases.DEFAULT_RELEASE[lay.version]
     pm_key = "apt" if os.pkg == "apt" else "dnf"
     pkgs: list[str] = []
@@ -29,7 +26,7 @@ def inputs(inv: Inventory, host: Host, os: OsInfo) -> tuple[phases.InstallInputs
     db = services.parse_db_url(ctx["db_url"])
     if db.scheme == "sqlite" and lay.version == "3.6" and database_schemas(ctx):
         module_packages.append("opensips-sqlite-dbschema")  # 3.6 ships the schema files apart
-    inp = phases.InstallInputs(
+    return phases.InstallInputs(
         os=os,
         layout=lay,
         modules=tuple(ctx["modules"]),
@@ -42,12 +39,6 @@ def inputs(inv: Inventory, host: Host, os: OsInfo) -> tuple[phases.InstallInputs
         apt_key_url=ctx["opensips_apt_key_url"],
         crowdsec_capi=bool(ctx.get("crowdsec_capi", True)),
     )
-    return inp, ctx
-
-
-def layout_of(ctx: dict[str, Any]) -> OpenSIPSLayout:
-    o = ctx["opensips"]
-    return layout(o["version"], o["install"], o["prefix"] if o["install"] == "existing" else None, o["mpath"] or None)
 
 
 def database_schemas(ctx: dict[str, Any]) -> list[str]:
@@ -70,8 +61,7 @@ def firewall_backend(os: OsInfo, facts_has_nft: bool, facts_has_firewalld: bool)
 
 
 def install_plan(
-    inv: Inventory,
-    host: Host,
+    rendered: HostRender,
     os: OsInfo,
     *,
     firewall: str = "nftables",
@@ -79,7 +69,7 @@ def install_plan(
     in_container: bool = False,
 ) -> list[PhasePlan]:
     """Every phase's steps, in order. Files (cfg, rsyslog, logrotate, limits, units, nft) go through push."""
-    inp, ctx = inputs(inv, host, os)
+    inp, ctx, host = inputs(rendered, os), rendered.context, rendered.host
     sockets = ctx["sip_sockets"]
     ports = ctx["firewall_ports"]
     udp = sorted({s["port"] for s in sockets if s["proto"] == "udp"})

@@ -14,7 +14,7 @@ from sipops.provision.runner import ShellRunner
 from sipops.provision.steps import StepResult
 from sipops.remote.apply import PushOptions, push_host
 from sipops.remote.fleet import Target
-from sipops.render import HostRender, RenderedFile, render_host
+from sipops.render import HostRender, RenderedFile
 
 # Phases a user may skip; skipping `opensips` (rehearsing on a host that cannot get OpenSIPS) also
 # skips what needs its install: its user's directories, the database (schema files), the service, the check.
@@ -24,7 +24,7 @@ _NEEDS_OPENSIPS = ("directories", "database", "service", "verify")
 
 def without_opensips(rendered: HostRender) -> HostRender:
     """The host's files minus those only OpenSIPS can validate or use, and no OpenSIPS handler."""
-    cfg_dir = rendered.host.vars.get("opensips_prefix") or "/etc/opensips"
+    cfg_dir = rendered.layout.cfg_dir
     handlers = {n: c for n, c in rendered.handlers.items() if "opensips" not in c and "_reload" not in c}
     files: list[RenderedFile] = []
     for f in rendered.files:
@@ -34,7 +34,7 @@ def without_opensips(rendered: HostRender) -> HostRender:
             continue
         files.append(dataclasses.replace(f, notify=tuple(n for n in f.notify if n in handlers)))
     retired = [dataclasses.replace(r, notify=tuple(n for n in r.notify if n in handlers)) for r in rendered.retired]
-    return HostRender(rendered.host, files, handlers, retired)
+    return dataclasses.replace(rendered, files=files, handlers=handlers, retired=retired)
 
 
 def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], opts: PushOptions) -> int:
@@ -51,8 +51,7 @@ def _install(t: Target, board: Board, *, forks: int, check: bool, skip: set[str]
         skipped.update(_NEEDS_OPENSIPS)
 
     def one(host: Host) -> inst.InstallReport:
-        def push_files(h: Host, dry: bool, opensips_pending: bool) -> inst.PhaseReport:
-            rendered = render_host(t.inv, h)
+        def push_files(rendered: HostRender, dry: bool, opensips_pending: bool) -> inst.PhaseReport:
             later = ""
             if "opensips" in skipped or opensips_pending:
                 # In --check before OpenSIPS exists, its own files cannot be validated yet: say so.
@@ -60,7 +59,8 @@ def _install(t: Target, board: Board, *, forks: int, check: bool, skip: set[str]
                 rendered = without_opensips(rendered)
                 if opensips_pending:
                     later = f"; {full - len(rendered.files)} OpenSIPS files checked once it is installed"
-            res = push_host(rendered, t.runner(h), inv=t.inv, opts=opts, check=dry, log=lambda _: None)
+            lent = inst.lent(runner, t.runner(host))  # install's connection: one per host
+            res = push_host(rendered, lent, inv=t.inv, opts=opts, check=dry, log=lambda _: None)
             results = [StepResult(d, "would" if dry else "changed") for d in res.changed]
             results += [StepResult(f"handler {n}", "changed") for n in res.handlers]
             if res.failed:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import shlex
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 
 from sipops.provision.steps import Step, StepResult, StepStream, StepWatch, parse, script
-from sipops.remote.runner import OnOutput, RemoteError, Runner
+from sipops.remote.runner import OnOutput, Runner
 
 
 class ShellRunner:
@@ -24,37 +21,14 @@ class ShellRunner:
         out = self.runner.exec('env SIPOPS_SSH_CLIENT="$SSH_CLIENT" sh -s', text.encode(), timeout, on_output)
         return out.rc, (out.stdout + out.stderr).decode(errors="replace")
 
-    def put(self, local: str, remote: str) -> None:
-        """Send a file over the same connection (stdin of one command), renamed into place whole.
-
-        Skipped when the host already has it (same sha256): a release tarball is megabytes, every run.
-        """
-        data = Path(local).read_bytes()
-        have = self.runner.exec(f"sha256sum {shlex.quote(remote)} 2>/dev/null", b"", 60)
-        if have.rc == 0 and have.stdout.split(b" ", 1)[0].decode(errors="replace") == hashlib.sha256(data).hexdigest():
-            return
-        path = PurePosixPath(remote)
-        tmp = f"{path.parent}/.{path.name}.sipops-tmp"
-        cmd = (
-            f"install -d -m 0755 {shlex.quote(str(path.parent))} && cat > {shlex.quote(tmp)}"
-            f" && mv -f {shlex.quote(tmp)} {shlex.quote(remote)}"
-        )
-        out = self.runner.exec(cmd, data, 600)
-        if out.rc != 0:
-            raise RemoteError(f"upload of {remote} failed: {out.stderr.decode(errors='replace').strip()}")
-
 
 def run_steps(
     runner: ShellRunner, steps: list[Step], *, check: bool, timeout: float = 1800, watch: StepWatch | None = None
 ) -> list[StepResult]:
-    """Uploads first (skipped in check mode), then the phase script in one round trip.
+    """The phase script in one round trip (its steps' uploads are placed first: sipops.provision.install).
 
     watch: told which step runs and what it prints while the script runs (live progress).
     """
-    if not check:
-        for step in steps:
-            if step.upload is not None:
-                runner.put(*step.upload)
     text = script(steps, check=check, env={"DEBIAN_FRONTEND": "noninteractive"})
     stream = StepStream(steps, watch) if watch is not None else None
     try:

@@ -14,7 +14,7 @@ from sipops.inventory import Inventory
 from sipops.remote.facts import gather, handler_units, opensips_cfg, sha256
 from sipops.remote.plan import REMOVE, HostPlan, plan_host
 from sipops.remote.runner import RemoteError, Runner, call
-from sipops.render import HostRender, context
+from sipops.render import HostRender
 
 if TYPE_CHECKING:
     from sipops.remote.drain import Drainer
@@ -62,7 +62,7 @@ def gate_spec(inv: Inventory | None, rendered: HostRender, timeout: float) -> di
     if inv is not None and sip_units:
         sockets = [
             {"proto": s["proto"], "address": s["address"], "port": int(s["port"])}
-            for s in context(inv, host)["sip_sockets"]
+            for s in rendered.context["sip_sockets"]
             if s["proto"] in ("udp", "tcp")
         ]
     cfg = opensips_cfg(rendered)

@@ -38,12 +38,7 @@ def probe_source() -> bytes:
 
 
 def probe_request(rendered: HostRender, *, with_push: bool, root: str = "") -> dict[str, Any]:
-    osl = rendered.host.vars
-    from sipops.opensips import layout
-
-    lay = layout(
-        osl["opensips_version"], osl["opensips_install"], osl.get("opensips_prefix"), osl.get("opensips_mpath")
-    )
+    lay = rendered.layout
     unit_files = [f"/etc/systemd/system/{lay.unit}.d/sipops.conf", f"/etc/systemd/system/{lay.unit}"]
     return {
         "op": "tune",

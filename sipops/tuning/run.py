@@ -103,7 +103,7 @@ def tuned_files(rendered: HostRender, opensips_installed: bool) -> HostRender:
         if f.src not in TUNED_TEMPLATES or (not opensips_installed and f.src in _NEEDS_OPENSIPS):
             continue
         files.append(dataclasses.replace(f, notify=tuple(n for n in f.notify if n in handlers)))
-    return HostRender(rendered.host, files, handlers)
+    return dataclasses.replace(rendered, files=files, handlers=handlers, retired=[])  # the context stays
 
 
 def _installed(probe: TuneProbe) -> bool:

@@ -13,6 +13,7 @@ import yaml
 from sipops.inventory import load_inventory
 from sipops.provision.osinfo import detect
 from sipops.provision.plan import install_plan
+from sipops.render import render_host
 
 CASES = Path(__file__).parent / "cases"
 
@@ -23,7 +24,8 @@ def plan_for(case: dict[str, Any], tmp_path: Path) -> dict[str, list[list[str]]]
     inv_file.write_text(yaml.safe_dump({"hosts": {"h": host}}))
     inv = load_inventory(inv_file)
     osinfo = detect(case["os_release"])
-    phases = install_plan(inv, inv.hosts["h"], osinfo, firewall=case.get("firewall", "nftables"), log_marker="probe-1")
+    rendered = render_host(inv, inv.hosts["h"])
+    phases = install_plan(rendered, osinfo, firewall=case.get("firewall", "nftables"), log_marker="probe-1")
     return {p.name: [[s.name, c] for s, c in zip(p.steps, p.commands(), strict=True)] for p in phases}
 
 
