@@ -38,7 +38,7 @@ def _gw(name: str, address: str, **more: Any) -> dict[str, Any]:
 def test_an_edge_node_is_found_as_a_destination_of_its_balancer_with_the_uri_it_runs(tmp_path: Path) -> None:
     inv = _inv(tmp_path, {"gateways": [_gw("e1", "198.18.0.11"), _gw("e2", "198.18.0.12", set=2)]})
     [e] = entries_for(inv, inv.hosts["h2"])
-    assert (e.lb.name, e.engine, e.set, e.uri, e.probing) == ("h3", "dispatcher", 2, "sip:198.18.0.12:5060", True)
+    assert (e.lb.name, e.engine, e.set, e.uri) == ("h3", "dispatcher", 2, "sip:198.18.0.12:5060")
     assert e.url == "http://127.0.0.1:8888/mi"
     # The URI is the one the balancer's table (and ds_list) holds: health.json renders the same macro.
     health = next(f for f in render_host(inv, inv.hosts["h3"]).files if f.dest.endswith("health.json"))
@@ -51,7 +51,7 @@ def test_a_gateway_on_another_port_or_transport_is_not_the_node(tmp_path: Path) 
     assert entries_for(inv, inv.hosts["h1"]) == []
     inv = _inv(tmp_path, {"gateways": [_gw("tcp", "198.18.0.11", transport="tcp")], "lb_ping_interval": 0})
     [e] = entries_for(inv, inv.hosts["h1"])
-    assert (e.uri, e.probing) == ("sip:198.18.0.11:5060;transport=tcp", False)
+    assert e.uri == "sip:198.18.0.11:5060;transport=tcp"
 
 
 def test_a_host_behind_no_balancer_and_the_balancer_itself_have_no_entries(tmp_path: Path) -> None:

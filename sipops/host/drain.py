@@ -1,6 +1,6 @@
 """Drain steps run ON a host (stdlib only), one agent run each (issue 19).
 
-On a load balancer: set destinations inactive / active / probing over MI (dispatcher `ds_set_state`,
+On a load balancer: set destinations inactive / active over MI (dispatcher `ds_set_state`,
 load_balancer `lb_status`; both 3.4 and 3.6 take the same parameters) and read the state back. On a
 node: wait, bounded, until its calls in setup end (`get_statistics` tm:inuse_transactions and, when
 the dialog module is loaded, dialog:early_dialogs).
@@ -27,8 +27,8 @@ DRAIN_TIMEOUT = 30.0  # default bound of wait_idle, in seconds (`sipops push --d
 # What "calls in setup" are counted by; a counter a node does not have (no dialog module) is skipped.
 SETUP_STATS = ("tm:inuse_transactions", "dialog:early_dialogs")
 SHOWN_STATS = (*SETUP_STATS, "dialog:active_dialogs")
-# MI state letters of ds_set_state, and lb_status's new_status, per wanted state.
-DS_STATE = {"inactive": "i", "active": "a", "probing": "p"}
+# MI state letters of ds_set_state per wanted state (lb_status takes 0 / 1).
+DS_STATE = {"inactive": "i", "active": "a"}
 
 
 def main(req: Json, stream: Any, size: int) -> None:
@@ -62,7 +62,7 @@ def _set(url: str, engine: str, item: Json, want: str, lb_id: Any) -> None:
     if engine == "dispatcher":
         params = {"state": DS_STATE[want], "group": str(item["set"]), "address": item["uri"]}
         mi_call(url, "ds_set_state", params)
-    else:  # load_balancer has no probing state: enabled or disabled (and then not re-enabled by probes)
+    else:  # disabled by lb_status is not re-enabled by probes (LB_DST_STAT_NOEN_FLAG)
         mi_call(url, "lb_status", {"destination_id": int(lb_id), "new_status": 0 if want == "inactive" else 1})
 
 
@@ -109,7 +109,8 @@ def lb_state(req: Json) -> Json:
 
 
 def _stats(url: str) -> Json:
-    result = mi_call(url, "get_statistics", {"statistics": list(SHOWN_STATS)})
+    # One statistic is asked for by its bare name (the reply names it module:name); "tm:x" finds nothing.
+    result = mi_call(url, "get_statistics", {"statistics": [k.split(":", 1)[1] for k in SHOWN_STATS]})
     return {k: int(v) for k, v in (result.items() if isinstance(result, dict) else []) if str(v).isdigit()}
 
 
@@ -124,6 +125,8 @@ def wait_idle(req: Json) -> Json:
         except MIError as exc:
             return {"ok": False, "error": str(exc), "waited": round(time.monotonic() - start, 2)}
         waited = round(time.monotonic() - start, 2)
+        if SETUP_STATS[0] not in counts:  # never "idle" for want of a counter
+            return {"ok": False, "error": f"get_statistics has no {SETUP_STATS[0]}", "waited": waited}
         busy = sum(counts.get(k, 0) for k in SETUP_STATS)
         if busy == 0:
             return {"ok": True, "idle": True, "waited": waited, "counts": counts}

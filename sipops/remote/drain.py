@@ -3,9 +3,11 @@
 When a push restarts OpenSIPS on a host that a load balancer of the same inventory lists as a gateway
 (dispatcher destination or load_balancer destination), the host is first set inactive there over MI,
 then its calls in setup are waited for (bounded: --drain-timeout), then the push runs (restart, health
-gate, rollback as always), and the host is put back in every path: active once its gate passed; after a
-failure, rollback or a lost connection as "probing" where the balancer probes (it takes the host back
-once it answers OPTIONS), else active. One agent run per step and host (sipops/host/drain.py).
+gate, rollback as always), and the host is put back active in every path: after its gate passed, and
+after a failure, a rollback or a lost connection too (it carried calls before; should it not answer, the
+balancer's own failover and probing take it out as they would without sipops; dispatcher's MI "probing"
+state only takes effect after ds_probing_threshold calls, so it is no state to leave a host in).
+One agent run per step and host (sipops/host/drain.py).
 
 A drain that cannot finish in time or a balancer that cannot be reached stops the push of that host
 before anything changes on it, and says what it did and what it left in which state.
@@ -54,7 +56,6 @@ class Entry:
     url: str  # the balancer's MI, on its own loopback
     set: int
     uri: str
-    probing: bool  # the balancer probes this destination (so "probing" is a safe state to leave it in)
 
 
 class DrainAborted(Exception):
@@ -107,7 +108,6 @@ def entries_for(inv: Inventory, node: Host) -> list[Entry]:
                         f"http://127.0.0.1:{v['mi_http_port']}/mi",
                         int(gw.get("set", 1)),
                         str(row.gw_uri(gw)),  # type: ignore[attr-defined]
-                        bool(int(v.get("lb_ping_interval", 10) or 0)),
                     )
                 )
     return out
@@ -169,7 +169,6 @@ class Drainer:
         report = DrainReport()
         for lock in locks:
             lock.acquire()
-        healthy = False
         try:
             try:
                 active = self._drain(entries, report, log, name)
@@ -183,9 +182,8 @@ class Drainer:
                 except Exception as exc:  # as push_host would say it, with what the drain did
                     reason = str(exc) if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"
                     result = HostResult(name, "failed", reason=reason)
-                healthy = result.status == "changed"
         finally:
-            self._restore(report, healthy, log, name)
+            self._restore(report, log, name)
             for lock in locks:
                 lock.release()
         done = report.summary()
@@ -259,15 +257,13 @@ class Drainer:
         log(f"{name}: no call in setup after {report.waited:.1f}s ({counts}): restarting")
         report.lines.append(f"drain: idle after {report.waited:.1f}s ({counts})")
 
-    def _restore(self, report: DrainReport, healthy: bool, log: Callable[[str], None], name: str) -> None:
+    def _restore(self, report: DrainReport, log: Callable[[str], None], name: str) -> None:
         """Put the node back on every balancer it was drained on, asking again when one does not answer."""
         by_lb: dict[str, list[Entry]] = {}
         for e in report.drained:
             by_lb.setdefault(e.lb.name, []).append(e)
         for lb_name, mine in sorted(by_lb.items()):
-            # After a failure the balancer's own probes decide (where it probes): it takes the node back
-            # only once it answers OPTIONS, instead of sending it calls it may not carry.
-            want = "active" if healthy or not mine[0].probing or mine[0].engine != "dispatcher" else "probing"
+            want = "active"
             error = ""
             for attempt in range(RESTORE_TRIES):
                 try:
