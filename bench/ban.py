@@ -72,6 +72,7 @@ def worker(args: argparse.Namespace) -> dict[str, list[float]]:
     from sipops.host.monitor.journal import Journal, NewBan
     from sipops.host.monitor.rules import BAN, Verdict
     from sipops.host.monitor.watch import WatchConfig, Watcher
+    from sipops.monitor.watchdefaults import role_thresholds  # the common role's, declared there once
 
     out: dict[str, list[float]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="sipops-bench-"))
@@ -102,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict[str, list[float]]:
                 wipe()
                 out.setdefault("bare restore", []).append(raw_nft(bare_restore))
                 wipe()
-                cfg = WatchConfig(ban=True, close_connections=True)
+                cfg = WatchConfig(thresholds=role_thresholds(), ban=True, close_connections=True)
                 allowlist = allow.build(host_addresses=[], env={})
                 t0 = time.perf_counter()
                 w = Watcher(cfg, Journal(journal_path), NftBackend(executor, own_chain=True), allowlist,

@@ -125,8 +125,11 @@ def environment(inv: Inventory) -> jinja2.Environment:
     env.tests["ipv6"] = _is_ipv6
     env.tests["ipv4"] = _is_ipv4
     from sipops.host.monitor import nftsets  # the firewall's sets: declared once, for the ban backend too
+    from sipops.host.monitor.rules import bursts
 
     env.globals["nft_sets"] = nftsets.ALL_SETS
+    env.globals["nft_open_grace"] = nftsets.open_grace  # the restart handlers' grace window
+    env.globals["syn_bursts"] = bursts  # the meters' bursts, as the watcher's rules count them
     return env
 
 

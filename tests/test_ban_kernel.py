@@ -16,10 +16,10 @@ import pytest
 from sipops.host.monitor import allow
 from sipops.host.monitor.ban import Ban, IpsetBackend, LibNftExecutor, NftBackend, NftCliExecutor, _system_nftables
 from sipops.host.monitor.journal import Journal
-from sipops.host.monitor.rules import Thresholds
 from sipops.host.monitor.scan import close_connections
 from sipops.host.monitor.watch import WatchConfig, Watcher
 from sipops.inventory import load_inventory
+from sipops.monitor.watchdefaults import role_thresholds
 from sipops.render import render_host
 from tests.netns_helpers import entered, netns_pair, sh, skip_reason
 
@@ -177,7 +177,7 @@ def test_the_watcher_bans_a_flooder_and_spares_allowlisted_and_polite_clients(
     sh("ip", "addr", "add", "10.77.0.3/24", "dev", "v1", ns=attacker)  # a polite client
     sh("ip", "addr", "add", "10.77.0.4/24", "dev", "v1", ns=attacker)  # an allowlisted peer
     events: list[str] = []
-    cfg = WatchConfig(ports=[5060], thresholds=Thresholds(max_conns_per_ip=10, ban_seconds=60), ban=True)
+    cfg = WatchConfig(ports=[5060], thresholds=role_thresholds(max_conns_per_ip=10, ban_seconds=60), ban=True)
     allowlist = allow.build([("10.77.0.4", "gateway")], host_addresses=[], env={})
     watcher = Watcher(cfg, Journal(tmp_path / "bans.sqlite"), backend, allowlist, events=events.append)
     code = (
@@ -263,7 +263,7 @@ def test_a_syn_meter_ban_is_listed_journaled_by_the_watcher_and_unbanned_truthfu
         assert "10.77.0.2" in text and "syn_meter" in text and "kernel meter" in text
         # The watcher finds it on its first poll and journals it with the time it has left.
         backend = NftBackend(NftCliExecutor(prefix=[*cli, victim]))
-        cfg = WatchConfig(ports=[5060], ban=True)
+        cfg = WatchConfig(ports=[5060], thresholds=role_thresholds(), ban=True)
         watcher = Watcher(cfg, Journal(journal), backend, allow.build([], host_addresses=[], env={}), events=[].append)
         with entered(victim):
             watcher.start()
@@ -293,8 +293,8 @@ def test_a_meter_ban_the_watcher_journaled_comes_back_after_the_table_is_lost_wi
         sh(sys.executable, "-c", SYN_FLOOD, ns=attacker)
         backend = NftBackend(NftCliExecutor(prefix=["ip", "netns", "exec", victim]))
         with entered(victim):
-            watcher = Watcher(WatchConfig(ports=[5060], ban=True), Journal(tmp_path / "j"), backend, nobody,
-                              events=[].append)  # fmt: skip
+            cfg = WatchConfig(ports=[5060], thresholds=role_thresholds(), ban=True)
+            watcher = Watcher(cfg, Journal(tmp_path / "j"), backend, nobody, events=[].append)
             watcher.start()
             assert [r.rule for r in watcher.poll().banned] == ["syn_meter"]
         before = elements(victim, "ban4")["10.77.0.2"]
@@ -303,8 +303,7 @@ def test_a_meter_ban_the_watcher_journaled_comes_back_after_the_table_is_lost_wi
         sh("nft", "delete", "table", "inet", "sipops", ns=victim)  # the reboot
         sh("nft", "-f", str(path), ns=victim)
         with entered(victim):  # what sipops-watch does at boot
-            Watcher(WatchConfig(ports=[5060], ban=True), Journal(tmp_path / "j"), backend, nobody,
-                    events=[].append).start()  # fmt: skip
+            Watcher(cfg, Journal(tmp_path / "j"), backend, nobody, events=[].append).start()
         after = elements(victim, "ban4")["10.77.0.2"]
         assert after["comment"] == "syn_meter" and after["timeout"] == 600
         assert int(str(after["expires"])) <= int(str(before["expires"])) - 1  # the time it had left, not afresh

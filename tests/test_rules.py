@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sipops.host.monitor import allow
-from sipops.host.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, escalate
+from sipops.host.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, escalate, spare_in_grace
 from sipops.host.monitor.scan import ConnectionTable, TcpState
 
 E, SR, TW, CW = TcpState.ESTABLISHED, TcpState.SYN_RECV, TcpState.TIME_WAIT, TcpState.CLOSE_WAIT
@@ -27,8 +29,8 @@ def table(counts: Counts, new: dict[tuple[int, str], int] | None = None) -> Conn
     )  # fmt: skip
 
 
-LIMITS = Thresholds(max_conns_per_ip=10, new_per_sec=5, syn_recv_per_ip=20, ban_seconds=600, syn_ban_seconds=60,
-                    tcp_max_connections=100, port_alert_ratio=0.9, close_wait_alert=30)  # fmt: skip
+LIMITS = Thresholds(max_conns_per_ip=10, new_per_sec=5, flood_per_sec=50, syn_recv_per_ip=20, ban_seconds=600,
+                    syn_ban_seconds=60, tcp_max_connections=100, port_alert_ratio=0.9, close_wait_alert=30)  # fmt: skip
 
 
 def engine(clock: Clock, **kw: object) -> RuleEngine:
@@ -51,16 +53,43 @@ def test_concurrent_connections_over_the_limit_ban_with_the_numbers() -> None:
     assert v.evidence == "conns=11>10"
 
 
-def test_new_connection_rate_uses_the_time_between_polls() -> None:
+def test_new_connections_are_counted_against_a_burst_of_max_conns_plus_the_rate_between_polls() -> None:
+    """The kernel's SYN meter's token bucket: max_conns_per_ip (10) at once, then new_per_sec (5/s)."""
     clock = Clock()
     e = engine(clock)
     assert e.evaluate(table({}, {(5060, "192.0.2.1"): 100})) == []  # first poll: no rate yet
     clock.t += 10
-    assert [v.action for v in e.evaluate(table({}, {(5060, "192.0.2.1"): 50}))] == [ALERT]  # 5/s is not over 5/s
+    assert [v.action for v in e.evaluate(table({}, {(5060, "192.0.2.1"): 60}))] == [ALERT]  # 60 = 10 + 5/s x 10 s
     clock.t += 2
-    (v,) = e.evaluate(table({}, {(5060, "192.0.2.1"): 12}))
-    assert (v.rule, v.value, v.threshold) == ("conn_rate", 6.0, 5)
-    assert v.evidence == "rate=6/s>5/s new=12 in 2.0s"
+    assert [v.action for v in e.evaluate(table({}, {(5060, "192.0.2.2"): 20}))] == [ALERT]  # a PBX: its burst, no ban
+    clock.t += 2
+    (v,) = e.evaluate(table({}, {(5060, "192.0.2.1"): 21}))
+    assert (v.rule, v.action, v.value, v.threshold, v.graceable) == ("conn_rate", BAN, 21, 5, True)
+    assert v.evidence == "new=21 in 2.0s>10+5/s"
+
+
+def test_over_the_flood_line_is_a_ban_no_restart_grace_spares() -> None:
+    clock = Clock()
+    e = engine(clock)
+    e.evaluate(table({}))
+    clock.t += 1
+    (v,) = e.evaluate(table({}, {(5060, "192.0.2.1"): 81}))  # over 3 x 10 (burst with retries) + 50/s
+    assert (v.rule, v.action, v.threshold, v.graceable) == ("flood_line", BAN, 50, False)
+    assert v.evidence == "new=81 in 1.0s>30+50/s (flood line)"
+    assert spare_in_grace([v], 30) == [v]
+
+
+def test_during_a_restart_grace_a_conn_rate_ban_becomes_an_alert_that_says_why() -> None:
+    clock = Clock()
+    e = engine(clock)
+    e.evaluate(table({}))
+    clock.t += 1
+    verdicts = e.evaluate(table({(5060, SR, "192.0.2.9"): 21}, {(5060, "192.0.2.1"): 40}))
+    assert [(v.rule, v.action) for v in verdicts] == [("conn_rate", BAN), ("syn_flood", BAN)]
+    spared = spare_in_grace(verdicts, 42.4)
+    assert [(v.rule, v.action) for v in spared] == [("conn_rate", ALERT), ("syn_flood", BAN)]  # SYN_RECV piling up
+    assert spared[0].evidence.endswith("(restart grace, 42s left: only the flood line bans)")
+    assert spare_in_grace(verdicts, 0) == verdicts
 
 
 def test_syn_recv_flood_gets_the_shorter_ban_and_says_it_is_spoofable() -> None:
@@ -109,7 +138,7 @@ def test_syn_cookies_sent_since_last_poll_is_an_alert() -> None:
 
 
 def test_per_port_thresholds_override_the_default() -> None:
-    e = RuleEngine(LIMITS, {5061: Thresholds(max_conns_per_ip=50)}, clock=Clock())
+    e = RuleEngine(LIMITS, {5061: replace(LIMITS, max_conns_per_ip=50)}, clock=Clock())
     assert e.evaluate(table({(5061, E, "192.0.2.1"): 20})) == []
     assert len(e.evaluate(table({(5060, E, "192.0.2.1"): 20}))) == 1
 
@@ -127,6 +156,6 @@ def test_a_source_near_its_limit_is_an_alert_with_the_numbers_before_it_is_banne
     clock.t += 1
     assert e.evaluate(table({(5060, E, "192.0.2.1"): 9})) == []  # alerts repeat at most every alert_every s
     clock.t += 1
-    rate = e.evaluate(table({}, {(5060, "192.0.2.3"): 4}))
-    assert [(v.rule, v.address, v.value) for v in rate] == [("source_near_limit", "192.0.2.3", 4.0)]
-    assert rate[0].evidence.startswith("rate=4/s (new=4 in 1.0s) of new_per_sec=5 (80%)")
+    rate = e.evaluate(table({}, {(5060, "192.0.2.3"): 12}))
+    assert [(v.rule, v.address, v.value) for v in rate] == [("source_near_limit", "192.0.2.3", 12)]
+    assert rate[0].evidence.startswith("new=12 in 1.0s (burst 10 + 5/s) of conn_rate=15 (80%)")

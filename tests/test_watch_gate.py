@@ -9,9 +9,9 @@ from pathlib import Path
 from sipops.host.monitor import allow
 from sipops.host.monitor.ban import NftBackend
 from sipops.host.monitor.journal import Journal
-from sipops.host.monitor.rules import Thresholds
 from sipops.host.monitor.scan import ConnectionTable, TcpState
 from sipops.host.monitor.watch import WatchConfig, Watcher
+from sipops.monitor.watchdefaults import role_thresholds
 from tests.test_watcher import Clock, RecordingNft
 
 E, SYN = TcpState.ESTABLISHED, TcpState.SYN_RECV
@@ -36,7 +36,7 @@ class Gate:
         self.full: list[ConnectionTable] = []
         self.syn: list[ConnectionTable] = []
         self.calls: list[str] = []
-        thresholds = Thresholds(**{"max_conns_per_ip": 10, "new_per_sec": 5.0, "syn_recv_per_ip": 20, **limits})  # type: ignore[arg-type]
+        thresholds = role_thresholds(**{"max_conns_per_ip": 10, "new_per_sec": 5.0, "syn_recv_per_ip": 20, **limits})
         cfg = WatchConfig(ports=[5060], thresholds=thresholds, ban=True, full_scan_every=5.0)
         self.watcher = Watcher(
             cfg, Journal(tmp / "bans.sqlite", self.clock), NftBackend(RecordingNft()),
@@ -84,7 +84,7 @@ def test_a_full_scan_happens_every_full_scan_every_seconds_even_when_nothing_ope
 
 
 def test_a_burst_of_opens_forces_a_full_scan_and_the_flooder_is_banned_in_that_poll(tmp_path: Path) -> None:
-    g = Gate(tmp_path, max_conns_per_ip=100)
+    g = Gate(tmp_path)
     g.full.append(table(STEADY))
     g.poll()
     g.poll(opened=2)  # quiet: partial
@@ -95,17 +95,18 @@ def test_a_burst_of_opens_forces_a_full_scan_and_the_flooder_is_banned_in_that_p
 
 
 def test_the_rate_after_partial_polls_is_a_lower_bound_so_a_steady_client_is_not_banned(tmp_path: Path) -> None:
-    """8 new connections over the 2 s since the full scan, all 8 of the opens counted before the last
-    poll: (8 - 4) / 1 s and 8 / 2 s are both 4/s, so the rule must not call it 8/s."""
-    g = Gate(tmp_path, max_conns_per_ip=100)
+    """18 new connections over the 2 s since the full scan, 4 of the opens counted before the last poll;
+    the burst is max_conns_per_ip (10): (18 - 10) / 2 s and (18 - 4 - 10) / 1 s are both 4/s, so the rule
+    must not call it (18 - 10) / 1 s = 8/s."""
+    g = Gate(tmp_path)
     g.full.append(table(STEADY))
     g.poll()
     g.poll(opened=4)
-    g.full.append(table(STEADY, new={(5060, "192.0.2.7"): 8}))
-    assert g.poll(opened=6) == []  # 6 > 5/s in one poll: a full scan; (8 - 4) / 1 s and 8 / 2 s are not over 5/s
+    g.full.append(table(STEADY, new={(5060, "192.0.2.7"): 18}))
+    assert g.poll(opened=14) == []  # over the headroom: a full scan; 4/s is not over 5/s
     assert g.calls == ["full", "syn", "full"]
-    g.full.append(table(STEADY, new={(5060, "192.0.2.7"): 7}))
-    assert g.poll(opened=7) == ["192.0.2.7"]  # a full scan one poll after a full one: 7/s, exact
+    g.full.append(table(STEADY, new={(5060, "192.0.2.7"): 16}))
+    assert g.poll(opened=16) == ["192.0.2.7"]  # a full scan one poll after a full one: (16 - 10) / 1 s, exact
 
 
 def test_a_syn_flood_is_banned_from_a_partial_poll(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_real_kernel_counters_skip_then_force_the_full_scan(tmp_path: Path) -> N
             held.append(lsn.accept()[0])
 
     clock = Clock()
-    cfg = WatchConfig(ports=[port], thresholds=Thresholds(max_conns_per_ip=6), full_scan_every=60.0)
+    cfg = WatchConfig(ports=[port], thresholds=role_thresholds(max_conns_per_ip=6), full_scan_every=60.0)
     watcher = Watcher(cfg, None, None, Allowlist(), clock=clock, monotonic=clock, events=lambda _: None)
     try:
         connect(4)

@@ -9,9 +9,9 @@ from pathlib import Path
 from sipops.host.monitor import allow
 from sipops.host.monitor.ban import Ban, NftBackend
 from sipops.host.monitor.journal import Journal
-from sipops.host.monitor.rules import Thresholds
 from sipops.host.monitor.scan import ConnectionTable, TcpState
 from sipops.host.monitor.watch import WatchConfig, Watcher, format_event
+from sipops.monitor.watchdefaults import role_thresholds
 
 E = TcpState.ESTABLISHED
 
@@ -60,7 +60,7 @@ class Rig:
         self.closed: list[list[str]] = []
         self.tables: list[ConnectionTable] = []
         self.journal = Journal(tmp / "bans.sqlite", self.clock)
-        cfg = WatchConfig(ports=[5060], thresholds=Thresholds(max_conns_per_ip=10, ban_seconds=600), ban=ban)
+        cfg = WatchConfig(ports=[5060], thresholds=role_thresholds(max_conns_per_ip=10, ban_seconds=600), ban=ban)
         self.watcher = Watcher(
             cfg, self.journal, NftBackend(self.nft),
             allow.build([("198.51.100.31", "gateway fs1")], host_addresses=["198.18.0.2"], env={}),

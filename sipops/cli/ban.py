@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -97,7 +98,8 @@ def _journal(path: Path | None) -> Any:
         raise InputError(f"{where}: {exc}", field="--journal") from None
 
 
-def _allowlist(allow: list[str] | None) -> Any:
+def _allowlist(allow: list[str] | None, configured: Sequence[str] = ()) -> Any:
+    """--allow entries (checked: one line naming --allow) on top of the settings' watch_allow."""
     import re
     from ipaddress import ip_network
 
@@ -109,7 +111,21 @@ def _allowlist(allow: list[str] | None) -> Any:
         except ValueError:
             if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}\.?)*[A-Za-z0-9]?", a.strip()):
                 raise InputError(f"not an IP, CIDR or host name: {a!r}", field="--allow") from None
-    return allowmod.build([(a, "--allow") for a in allow or []])
+    return allowmod.build([(a, "watch.json") for a in configured] + [(a, "--allow") for a in allow or []])
+
+
+def _watch_settings(config: Path | None, flags: dict[str, tuple[str, Any]]) -> Any:
+    """watch.json (or the common role's defaults) with the flags given on top; one line on anything wrong."""
+    from sipops.host.monitor import watchconf
+    from sipops.monitor.watchdefaults import role_defaults
+
+    try:
+        base = watchconf.read(config) if config is not None else role_defaults()
+        where = {"*": str(config) if config is not None else "the common role's defaults"}
+        where.update({k: flag for k, (flag, _) in flags.items()})
+        return watchconf.settings({**base, **{k: v for k, (_, v) in flags.items()}}, where)
+    except watchconf.WatchConfigError as exc:
+        raise InputError(str(exc)) from None
 
 
 def ban_command(
@@ -282,65 +298,106 @@ def watch_command(
     ban: Annotated[
         bool, typer.Option("--ban", help="Ban in the kernel (default: report what would be banned)")
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings: watch.json (the service: /etc/sipops/watch.json) [default: the common role's defaults]",
+        ),
+    ] = None,
+    check_config: Annotated[
+        bool, typer.Option("--check-config", help="Check the settings (--config and flags), say what they are, exit")
+    ] = False,
     port: Annotated[
         list[int] | None, typer.Option("--port", "-p", min=1, max=65535, help="Local port to watch (repeat)")
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Two polls one interval apart, then exit (for cron)")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls")] = 1.0,
-    max_conns: Annotated[int, typer.Option("--max-conns", min=1, help="Concurrent connections per IP")] = 200,
-    new_per_sec: Annotated[float, typer.Option("--new-per-sec", help="New connections per IP per second")] = 100,
-    syn_recv: Annotated[int, typer.Option("--syn-recv", help="SYN_RECV sockets per IP")] = 50,
-    ban_for: Annotated[str, typer.Option("--ban-for", help="First ban duration")] = "10m",
-    syn_ban_for: Annotated[str, typer.Option("--syn-ban-for", help="Ban duration on SYN evidence")] = "2m",
-    ban_factor: Annotated[float, typer.Option("--ban-factor", help="Each repeat ban lasts this many times longer")] = 4,
-    ban_max: Annotated[str, typer.Option("--ban-max", help="Longest ban")] = "1d",
-    tcp_max_connections: Annotated[int, typer.Option("--tcp-max-connections", help="OpenSIPS limit")] = 4096,
-    close_wait: Annotated[int, typer.Option("--close-wait", help="CLOSE_WAIT sockets per port to alert")] = 256,
+    interval: Annotated[float | None, typer.Option("--interval", help="Seconds between polls")] = None,
+    max_conns: Annotated[
+        int | None,
+        typer.Option("--max-conns", min=1, help="Connections per IP (flood_max_conns_per_ip; also the burst)"),
+    ] = None,
+    new_per_sec: Annotated[
+        float | None, typer.Option("--new-per-sec", help="New connections per IP per second after the burst")
+    ] = None,
+    flood_per_sec: Annotated[
+        float | None, typer.Option("--flood-per-sec", help="The flood line: new connections per IP per second")
+    ] = None,
+    syn_recv: Annotated[int | None, typer.Option("--syn-recv", min=1, help="SYN_RECV sockets per IP")] = None,
+    ban_for: Annotated[str | None, typer.Option("--ban-for", help="First ban duration")] = None,
+    syn_ban_for: Annotated[str | None, typer.Option("--syn-ban-for", help="Ban duration on SYN evidence")] = None,
+    ban_factor: Annotated[
+        float | None, typer.Option("--ban-factor", help="Each repeat ban lasts this many times longer")
+    ] = None,
+    ban_max: Annotated[str | None, typer.Option("--ban-max", help="Longest ban")] = None,
+    tcp_max_connections: Annotated[
+        int | None, typer.Option("--tcp-max-connections", min=1, help="OpenSIPS limit")
+    ] = None,
+    close_wait: Annotated[
+        int | None, typer.Option("--close-wait", min=1, help="CLOSE_WAIT sockets per port to alert")
+    ] = None,
     sip_log: Annotated[str | None, typer.Option("--sip-log", help="OpenSIPS log to follow")] = None,
-    scanner_ban_for: Annotated[str, typer.Option("--scanner-ban-for", help="Ban of SIP scanners")] = "1h",
+    scanner_ban_for: Annotated[str | None, typer.Option("--scanner-ban-for", help="Ban of SIP scanners")] = None,
     allow: AllowOpt = None,
     journal: JournalOpt = None,
     backend: BackendOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per poll")] = False,
     max_polls: Annotated[int, typer.Option("--max-polls", hidden=True)] = 0,
 ) -> None:
-    """Monitor connections; with --ban block abusive IPs in the kernel within a poll."""
-    from sipops.host.monitor.rules import Thresholds
+    """Monitor connections; with --ban block abusive IPs in the kernel within a poll.
+
+    Thresholds: watch.json (--config), else the common role's defaults; a flag overrides one of them."""
     from sipops.host.monitor.siplog import SipLogRules
     from sipops.host.monitor.watch import WatchConfig, Watcher
 
+    flags = {  # role variable (watch.json key) -> (flag, value given)
+        "watch_ports": ("--port", sorted(set(port)) if port else None),
+        "watch_interval": ("--interval", interval),
+        "flood_max_conns_per_ip": ("--max-conns", max_conns),
+        "flood_syn_per_sec": ("--new-per-sec", new_per_sec),
+        "flood_line_syn_per_sec": ("--flood-per-sec", flood_per_sec),
+        "watch_syn_recv_per_ip": ("--syn-recv", syn_recv),
+        "ban_timeout": ("--ban-for", ban_for),
+        "watch_syn_ban_timeout": ("--syn-ban-for", syn_ban_for),
+        "watch_ban_factor": ("--ban-factor", ban_factor),
+        "watch_ban_max": ("--ban-max", ban_max),
+        "tcp_max_connections": ("--tcp-max-connections", tcp_max_connections),
+        "watch_close_wait_alert": ("--close-wait", close_wait),
+        "log_file": ("--sip-log", sip_log),
+        "watch_scanner_ban_timeout": ("--scanner-ban-for", scanner_ban_for),
+    }
     try:
-        if interval <= 0:
-            raise InputError("must be > 0", field="--interval")
-        config = WatchConfig(
-            ports=sorted(set(port)) if port else None,
-            thresholds=Thresholds(
-                max_conns_per_ip=max_conns,
-                new_per_sec=new_per_sec,
-                syn_recv_per_ip=syn_recv,
-                ban_seconds=_duration(ban_for, "--ban-for"),
-                syn_ban_seconds=_duration(syn_ban_for, "--syn-ban-for"),
-                tcp_max_connections=tcp_max_connections,
-                close_wait_alert=close_wait,
-            ),
+        for key, (flag, value) in flags.items():
+            if isinstance(value, str) and key.endswith(("timeout", "_max")):
+                _duration(value, flag)  # a flag's own checks: zero, longer than a year
+        settings = _watch_settings(config, {k: fv for k, fv in flags.items() if fv[1] is not None})
+        if check_config:
+            t = settings.thresholds
+            typer.echo(f"{config or 'defaults'}: OK: {t.max_conns_per_ip} connections per source (burst), "
+                       f"{t.new_per_sec:g}/s after it, flood line {t.flood_per_sec:g}/s (burst {t.flood_burst}), "
+                       f"ports {settings.ports or 'all'}")  # fmt: skip
+            return
+        config_obj = WatchConfig(
+            ports=settings.ports,
+            thresholds=settings.thresholds,
             ban=ban,
-            ban_factor=ban_factor,
-            ban_max=_duration(ban_max, "--ban-max"),
-            sip_log=sip_log,
+            ban_factor=settings.ban_factor,
+            ban_max=settings.ban_max,
+            sip_log=settings.sip_log,
             # A person watching the live table, or --once for cron, gets every state afresh each poll;
             # the service skips full scans while the counters prove no rule can fire (watch.py).
             full_scan_every=0.0 if once or (not as_json and sys.stdout.isatty()) else 10.0,
             sip_rules=SipLogRules(
-                scanner_ban_seconds=_duration(scanner_ban_for, "--scanner-ban-for"),
-                pike_ban_seconds=_duration(ban_for, "--ban-for"),
+                scanner_ban_seconds=settings.scanner_ban_seconds, pike_ban_seconds=settings.pike_ban_seconds
             ),
         )
-        allowlist = _allowlist(allow)
+        every: float = settings.interval
+        allowlist = _allowlist(allow, settings.allow)
         be = _backend(backend) if ban else None
         jr = _journal(journal) if ban else None
     except InputError as exc:
         _fail(exc)
-    watcher = Watcher(config, jr, be, allowlist)
+    watcher = Watcher(config_obj, jr, be, allowlist)
     if ban:  # fleet-wide bans through CrowdSec, when install/push registered this host's credentials
         watcher.fleet = _fleet_link(allowlist)
     restored = watcher.start()
@@ -359,7 +416,7 @@ def watch_command(
                 _print_poll(result, watcher, sys.stdout, live=live or once, as_json=as_json, clear=live)
             if (once and polls >= 2) or (max_polls and polls >= max_polls):
                 break
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
     except KeyboardInterrupt:
         pass
     raise typer.Exit(ExitCode.FAILURE if failures else ExitCode.OK)

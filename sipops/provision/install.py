@@ -2,8 +2,10 @@
 
 Each phase is one round trip (its steps run as one script on the host) and reports per step:
 ok (nothing to do), changed, would (--check) or failed with the lines that explain it.
-Managed files (opensips.cfg, rsyslog, logrotate, limits, units, firewall) go through the push
-engine, so they are validated on the host and swapped atomically like any later change.
+Every file sipops puts on the host goes through the push agent: managed files (opensips.cfg,
+rsyslog, logrotate, limits, units, firewall) through the push engine, so they are validated on the
+host and swapped atomically like any later change; the files steps work from (the wheelhouse, a
+local release tarball, the apt source list) through its place op, just before their step.
 """
 
 from __future__ import annotations
@@ -235,26 +237,39 @@ def install_host(
             phase = by_name.get(name)
         if phase is None:
             continue
-        try:
-            placed = [] if check else place_uploads(runner, phase)
-        except (RemoteError, OSError) as exc:  # a local file unreadable, the host refusing it
-            record(PhaseReport(name, error=f"upload: {exc}"))
-            return report
         watcher = watch(name) if watch is not None else None
-        results = run_steps(runner, phase.steps, check=check, watch=watcher) if phase.steps else []
-        results = [StepResult(f"upload {p}", "changed") for p in placed] + results
+        results = run_phase(runner, phase, check=check, watch=watcher)
         if not record(PhaseReport(name, results, phase.note)):
             return report
     return report
 
 
-def place_uploads(runner: ShellRunner, phase: PhasePlan) -> list[str]:
-    """The files the phase's steps work from (a wheelhouse, a local release tarball), put through the push
-    agent's place op before its script runs: sent only when the host's copy differs, renamed in whole."""
-    wanted = [
-        Artifact(remote, Path(local).read_bytes()) for s in phase.steps if s.upload for local, remote in [s.upload]
-    ]
-    return place(runner.runner, wanted)
+def run_phase(runner: ShellRunner, phase: PhasePlan, *, check: bool, watch: StepWatch | None) -> list[StepResult]:
+    """The phase's steps in order, one script per stretch: a step with an upload (a wheelhouse, a release
+    tarball, the apt source list) starts a stretch, its file put by the push agent just before it, so its
+    guard and the steps after it see the file and the steps before it do not. A placed file is a change."""
+    stretches: list[list[Step]] = []
+    for step in phase.steps:
+        if step.upload is not None or not stretches:
+            stretches.append([])
+        stretches[-1].append(step)
+    results: list[StepResult] = []
+    for i, stretch in enumerate(stretches):
+        first, up = stretch[0], stretch[0].upload
+        try:
+            placed = up is not None and not check and bool(place(runner.runner, [Artifact(up.path, up.data())]))
+        except (RemoteError, OSError) as exc:  # a local file unreadable, the host refusing it
+            done = [StepResult(first.name, "failed", f"upload of {up.path if up else ''}: {exc}")]
+            done += [StepResult(s.name, "skipped") for s in stretch[1:]]
+        else:
+            done = run_steps(runner, stretch, check=check, watch=watch)
+            if placed and done[0].status == "ok":
+                done[0] = StepResult(first.name, "changed")
+        results += done
+        if any(r.status == "failed" for r in done):
+            results += [StepResult(s.name, "skipped") for later in stretches[i + 1 :] for s in later]
+            break
+    return results
 
 
 def format_phase(host: str, phase: PhaseReport) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sipops.opensips import SOURCE_PREFIX, OpenSIPSLayout
 from sipops.provision.osinfo import OsInfo
-from sipops.provision.steps import PhasePlan, Step, q
+from sipops.provision.steps import PhasePlan, Step, Upload, q
 
 # Newest release of each LTS line that sipops builds from source by default.
 DEFAULT_RELEASE = {"3.4": "3.4.18", "3.6": "3.6.8"}
@@ -161,7 +161,7 @@ def _package(inp: InstallInputs) -> PhasePlan:
         # The list names the key's source too: a changed opensips_apt_key_url fetches the key again
         # (a kept old keyring would make apt refuse the new repository's signatures).
         key_note = f"# signed-by key from {inp.apt_key_url}"
-        listing = f"printf '%s\\n' {q(key_note)} {q(line)}"
+        listing = f"{key_note}\n{line}\n"
         plan.steps.append(
             Step(
                 f"repository key from {inp.apt_key_url} (signed-by keyring, not apt-key)",
@@ -169,11 +169,13 @@ def _package(inp: InstallInputs) -> PhasePlan:
                 unless=f"test -s {APT_KEYRING} && grep -qxF {q(key_note)} {APT_LIST}",
             )
         )
+        # Put by the push agent right after the key step (which reads the list's key note first).
         plan.steps.append(
             Step(
                 f"repository {repo} {inp.layout.version}-releases for {inp.os.codename}",
-                f"{listing} > {APT_LIST}.tmp && mv {APT_LIST}.tmp {APT_LIST}",
-                unless=f"{listing} | cmp -s - {APT_LIST}",
+                f"grep -qxF {q(line)} {APT_LIST}",
+                unless=f"printf %s {q(listing)} | cmp -s - {APT_LIST}",
+                upload=Upload(APT_LIST, content=listing.encode()),
             )
         )
     else:
@@ -218,7 +220,10 @@ def _source(inp: InstallInputs) -> PhasePlan:
     else:
         plan.steps.append(
             Step(
-                f"upload {inp.source}", f"test -s {tarball}", unless=f"test -s {tarball}", upload=(inp.source, tarball)
+                f"upload {inp.source}",
+                f"test -s {tarball}",
+                unless=f"test -s {tarball}",
+                upload=Upload(tarball, local=inp.source),
             )
         )
     modules = " ".join(sorted(m for m in dict.fromkeys(inp.modules) if m not in CORE_MODULES))

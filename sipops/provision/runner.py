@@ -1,4 +1,4 @@
-"""Run an install phase's script on a host: one upload batch, one `sh -s`, results per step."""
+"""Run an install phase's script on a host: one `sh -s`, results per step."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class ShellRunner:
 def run_steps(
     runner: ShellRunner, steps: list[Step], *, check: bool, timeout: float = 1800, watch: StepWatch | None = None
 ) -> list[StepResult]:
-    """The phase script in one round trip (its steps' uploads are placed first: sipops.provision.install).
+    """The steps as one script in one round trip (their uploads: sipops.provision.install.run_phase).
 
     watch: told which step runs and what it prints while the script runs (live progress).
     """

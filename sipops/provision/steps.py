@@ -11,9 +11,23 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MARK = "@@sipops-step"
 FAILURE_LINES = 40  # the tail of a failed step's output that comes back with the failure
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file a step needs on the host, put there by the push agent's place op just before the step runs
+    (sent only when the host's copy differs, checked and renamed into place whole; not in check mode)."""
+
+    path: str  # on the host
+    local: str = ""  # a file on this machine (the wheelhouse, a release tarball) ...
+    content: bytes | None = None  # ... or these bytes (a file sipops writes: the apt source list)
+
+    def data(self) -> bytes:
+        return self.content if self.content is not None else Path(self.local).read_bytes()
 
 
 @dataclass(frozen=True)
@@ -22,7 +36,7 @@ class Step:
     run: str  # shell command; runs only when `unless` fails
     unless: str | None = None  # shell test: exit 0 means already done
     secret: bool = False  # the command holds credentials: never printed or logged
-    upload: tuple[str, str] | None = None  # (local path, remote path) the runner sends before the phase
+    upload: Upload | None = None  # placed just before the step (its guard then sees it)
     verify: bool = False  # a check, not a change: success reports `ok`, and it runs in check mode too
 
 
@@ -40,8 +54,18 @@ class PhasePlan:
     note: str = ""  # why the phase has nothing to do, or what it adopts
 
     def commands(self) -> list[str]:
-        """The commands as a user would read them (secrets masked) - what --check shows and tests assert."""
-        return [("<command with credentials hidden>" if s.secret else s.run) for s in self.steps]
+        """The commands as a user would read them (secrets masked, uploads named) - what tests assert."""
+        return [_shown(s) for s in self.steps]
+
+
+def _shown(step: Step) -> str:
+    if step.secret:
+        return "<command with credentials hidden>"
+    if step.upload is None:
+        return step.run
+    up = step.upload
+    what = up.local if up.content is None else " / ".join(up.content.decode(errors="replace").splitlines())
+    return f"[sipops agent puts {up.path}: {what}] {step.run}"
 
 
 def script(steps: list[Step], *, check: bool, env: dict[str, str] | None = None) -> str:

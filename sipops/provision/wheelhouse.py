@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from sipops import __version__
-from sipops.provision.steps import PhasePlan, Step, q
+from sipops.provision.steps import PhasePlan, Step, Upload, q
 
 AGENT_PREFIX = "/opt/sipops"
 REMOTE_TAR = "/var/lib/sipops/agent/wheelhouse.tar"
@@ -187,7 +187,7 @@ def agent_phase(tar: Path, stamp: str, prefix: str = AGENT_PREFIX) -> PhasePlan:
                 f"sipops {__version__} in {prefix} (wheelhouse from this machine, no index needed)",
                 f"python3 -c {q(_INSTALL)} {REMOTE_TAR} {prefix} {q(stamp)} && {prefix}/bin/sipops --version",
                 unless=f"grep -qxF {q(stamp)} {marker} && {prefix}/bin/sipops --version",
-                upload=(str(tar), REMOTE_TAR),
+                upload=Upload(REMOTE_TAR, local=str(tar)),
             ),
         ],
     )

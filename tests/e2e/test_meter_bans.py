@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 HOST = "h2"
 FILES = ("/etc/sipops/firewall.nft", "/etc/systemd/system/sipops-firewall.service",
-         "/etc/systemd/system/sipops-watch.service", "/etc/sipops/health.json")  # fmt: skip
+         "/etc/systemd/system/sipops-watch.service", "/etc/sipops/health.json", "/etc/sipops/watch.json")  # fmt: skip
 # At most 400 SYNs in at most 5 s from one source: well over flood_syn_per_sec (100/s).
 SYN_FLOOD = """
 import socket, sys, time

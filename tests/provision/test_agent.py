@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sipops import __version__
+from sipops.provision.steps import Upload
 from sipops.provision.wheelhouse import _INSTALL, WheelhouseError, agent_phase, build_wheelhouse
 
 
@@ -63,5 +64,5 @@ def test_the_host_installs_it_with_python3_only_and_runs_sipops(wheelhouse: tupl
 def test_the_agent_step_uploads_the_tar_and_is_guarded_by_the_stamp(wheelhouse: tuple[Path, str]) -> None:
     tar, stamp = wheelhouse
     (step,) = agent_phase(tar, stamp).steps
-    assert step.upload == (str(tar), "/var/lib/sipops/agent/wheelhouse.tar")
+    assert step.upload == Upload("/var/lib/sipops/agent/wheelhouse.tar", local=str(tar))
     assert step.unless is not None and "/opt/sipops/.wheelhouse" in step.unless

@@ -33,11 +33,15 @@ from sipops.host.monitor.ban import (
     parse_duration,
 )
 from sipops.host.monitor.journal import BanRecord, Journal, NewBan
+from sipops.host.monitor.nftsets import GRACE, GRACE_ELEMENT
 
 # Sets the packet path adds to, and the rule a comment-less element of each stands for. A meter that
 # bans into another set (e.g. a conn_meter set) is one more line here.
 METER_RULES = {"ban4": "syn_meter", "ban6": "syn_meter"}
-METER_EVIDENCE = {"syn_meter": "the firewall's SYN-rate meter (flood_syn_per_sec) banned it in the kernel"}
+METER_EVIDENCE = {
+    "syn_meter": "the firewall's SYN meters banned it in the kernel (over flood_syn_per_sec after its burst of "
+    "flood_max_conns_per_ip, or over the flood line flood_line_syn_per_sec)"
+}
 _IPSET_NAMES = {
     "sipops-ban4": "ban4",
     "sipops-ban6": "ban6",
@@ -231,3 +235,22 @@ def journal_meter_bans(
         if k.address not in spared
     ]
     return journal.record(wanted, forgive_after=forgive_after) if wanted else []
+
+
+def grace_left(backend: BanBackend | None) -> float:
+    """Seconds left of the restart grace (the `tcp` element of set grace, which the handler that restarts
+    OpenSIPS adds with a timeout: nftsets.open_grace); 0 when there is none or it cannot be read (ipset
+    hosts have no grace: everything bans as usual there). Asked only when a graceable ban is pending."""
+    if not isinstance(backend, NftBackend):
+        return 0.0
+    try:
+        text = backend.executor.run(f"get element {TABLE} {GRACE.name} {{ {GRACE_ELEMENT} }}")
+    except BanBackendError:
+        return 0.0  # no such element (no grace now), or no such set
+    m = re.search(r"\bexpires ([0-9a-z.]+)", text)
+    if m is None:
+        return 0.0
+    try:
+        return float(parse_duration(m.group(1)))
+    except ValueError:
+        return 0.0

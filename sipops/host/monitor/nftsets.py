@@ -73,8 +73,8 @@ def declarations(sets: tuple[NftSet, ...] = WATCHER_SETS) -> list[str]:
     return [f"add table {TABLE}", *(s.declaration for s in sets)]
 
 
-def open_grace(seconds: int) -> str:
-    """One nft transaction that (re)opens the restart grace for `seconds` (add + delete + add: an element
-    that is there already gets the new timeout)."""
+def open_grace(duration: str) -> str:
+    """One nft transaction that (re)opens the restart grace for `duration` (nft time: 60s, 2m): add +
+    delete + add, so an element that is there already gets the new timeout."""
     grace = f"{TABLE} grace {{ {GRACE_ELEMENT}"
-    return f"add element {grace} timeout 1s }}; delete element {grace} }}; add element {grace} timeout {seconds}s }}"
+    return f"add element {grace} timeout 1s }}; delete element {grace} }}; add element {grace} timeout {duration} }}"

@@ -1,12 +1,18 @@
 """Rules: one scan of the connection table in, verdicts out, each carrying its rule and the numbers.
 
+The numbers are the common role's variables, declared there once (roles/common.yaml, rendered to
+watch.json: watchconf.py); the firewall's kernel meters use the same ones and the same bursts (bursts()).
 Ban rules (per remote IP, per local port):
   conn_flood   concurrent ESTABLISHED connections over max_conns_per_ip (CLOSE_WAIT is the proxy's doing)
-  conn_rate    new connections per second (sockets whose cookie the last poll had not seen) over new_per_sec
-  syn_flood    SYN_RECV sockets over syn_recv_per_ip. Source addresses of SYNs can be spoofed: a shorter
-               ban, and against an allowlisted address (gateways are) it is only ever an alert
+  conn_rate    new connections (sockets whose cookie the last poll had not seen) over a token bucket of
+               burst max_conns_per_ip refilled at new_per_sec, as the kernel's SYN meter counts them. Spared
+               (graceable) during a restart grace: the reconnect wave after a restart of OpenSIPS
+  flood_line   the same over the flood line: burst RECONNECT_SYNS x max_conns_per_ip, refilled at
+               flood_per_sec. Bans during a restart grace too
+  syn_flood    SYN_RECV sockets over syn_recv_per_ip (piling up: a flood line too). Source addresses of SYNs
+               can be spoofed: a shorter ban, and against an allowlisted address (gateways are) only an alert
 Alerts (never bans):
-  source_near_limit  an address at source_alert_ratio of max_conns_per_ip or new_per_sec: a trunk, a PBX or
+  source_near_limit  an address at source_alert_ratio of max_conns_per_ip or of conn_rate's bucket: a trunk, a PBX or
                    an office behind one NAT address is seen before it is banned, with the numbers, so an
                    operator can allowlist it in time (an allowlisted address is never banned: no alert)
   port_near_limit  a port's connections near tcp_max_connections (the proxy will refuse new ones)
@@ -29,19 +35,42 @@ Clock = Callable[[], float]
 BAN, ALERT = "ban", "alert"
 
 
+# SYNs one connection may cost in a restart's reconnect wave: the connect and two retries while OpenSIPS
+# starts (refused, or its SYN dropped while the listener is not up yet).
+RECONNECT_SYNS = 3
+
+
+def bursts(max_conns_per_ip: int) -> tuple[int, int]:
+    """(burst of the per-source rate, burst of the flood line): one source may open every connection it may
+    hold at once (an office behind one NAT reconnecting), and in a restart's wave each of them with retries.
+    The firewall template's meters (through the render context) and the watcher's rules use these."""
+    return max_conns_per_ip, RECONNECT_SYNS * max_conns_per_ip
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Per-port limits; defaults are the common role's (flood_*, ban_timeout, tcp_max_connections, watch_*)."""
+    """Per-port limits, from the common role's variables (watchconf.py maps them; no second set of defaults
+    here): flood_max_conns_per_ip, flood_syn_per_sec, flood_line_syn_per_sec, watch_syn_recv_per_ip,
+    ban_timeout, watch_syn_ban_timeout, tcp_max_connections, watch_close_wait_alert."""
 
-    max_conns_per_ip: int = 200
-    new_per_sec: float = 100.0
-    syn_recv_per_ip: int = 50
-    ban_seconds: int = 600
-    syn_ban_seconds: int = 120
-    tcp_max_connections: int = 4096
-    port_alert_ratio: float = 0.9
-    source_alert_ratio: float = 0.8  # of max_conns_per_ip and new_per_sec: source_near_limit
-    close_wait_alert: int = 256
+    max_conns_per_ip: int
+    new_per_sec: float
+    flood_per_sec: float
+    syn_recv_per_ip: int
+    ban_seconds: int
+    syn_ban_seconds: int
+    tcp_max_connections: int
+    close_wait_alert: int
+    port_alert_ratio: float = 0.9  # of tcp_max_connections: port_near_limit
+    source_alert_ratio: float = 0.8  # of max_conns_per_ip and conn_rate's bucket: source_near_limit
+
+    @property
+    def burst(self) -> int:
+        return bursts(self.max_conns_per_ip)[0]
+
+    @property
+    def flood_burst(self) -> int:
+        return bursts(self.max_conns_per_ip)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +86,7 @@ class Verdict:
     seconds: int = 0  # ban duration before escalation
     evidence: str = ""
     allowlisted: str | None = None  # why the address was not banned
+    graceable: bool = False  # a ban a restart grace spares (below the flood line)
 
     def describe(self) -> str:
         where = f" port={self.port}" if self.port is not None else ""
@@ -73,7 +103,7 @@ def _num(x: float) -> str:
 class RuleEngine:
     """Evaluates scans against per-port thresholds; keeps the time of the last poll and of each alert."""
 
-    default: Thresholds = field(default_factory=Thresholds)
+    default: Thresholds
     per_port: Mapping[int, Thresholds] = field(default_factory=dict)
     allow: Allowlist = field(default_factory=Allowlist)
     clock: Clock = time.monotonic
@@ -112,14 +142,7 @@ class RuleEngine:
         if elapsed is not None:
             span = elapsed if window is None else max(window, elapsed)
             for (port, ip), n in table.new.items():
-                lim = self.limits(port)
-                rate = n / span if window is None else max(n / span, (n - carried) / elapsed)
-                if rate > lim.new_per_sec:
-                    ev = f"new={n} in {span:.1f}s"
-                    raw.append(self._ban("conn_rate", ip, port, round(rate, 1), lim.new_per_sec, lim.ban_seconds, ev))
-                elif rate >= lim.new_per_sec * lim.source_alert_ratio:
-                    ev = f"rate={_num(round(rate, 1))}/s (new={n} in {span:.1f}s)"
-                    raw += self._near(ip, port, rate, lim.new_per_sec, ev, "new_per_sec")
+                raw += self._rate(ip, port, n, span, None if window is None else (n - carried, elapsed))
         for (port, ip), n in syn.items():
             lim = self.limits(port)
             if n > lim.syn_recv_per_ip:
@@ -138,6 +161,26 @@ class RuleEngine:
                 raw.append(Verdict("close_wait", ALERT, None, port, cw, lim.close_wait_alert, evidence=ev))
         return self._merge(raw, now)
 
+    def _rate(self, ip: str, port: int, n: int, span: float, recent: tuple[int, float] | None) -> list[Verdict]:
+        """conn_rate and flood_line: `n` new connections in `span` s against each line's token bucket (what the
+        kernel's meters allow: burst + rate x span). recent: (new, seconds) of the last poll alone, for a
+        partial-scan window (the busiest poll decides)."""
+        lim = self.limits(port)
+        spans = [(n, span)] if recent is None else [(n, span), recent]
+        line = max((k - lim.flood_burst) / t for k, t in spans)  # rate over the flood line's burst
+        if line > lim.flood_per_sec:
+            ev = f"new={n} in {span:.1f}s>{lim.flood_burst}+{_num(lim.flood_per_sec)}/s (flood line)"
+            return [self._ban("flood_line", ip, port, n, lim.flood_per_sec, lim.ban_seconds, ev)]
+        over = max((k - lim.burst) / t for k, t in spans)
+        if over > lim.new_per_sec:
+            ev = f"new={n} in {span:.1f}s>{lim.burst}+{_num(lim.new_per_sec)}/s"
+            return [replace(self._ban("conn_rate", ip, port, n, lim.new_per_sec, lim.ban_seconds, ev), graceable=True)]
+        allowed = lim.burst + lim.new_per_sec * span
+        if n >= allowed * lim.source_alert_ratio:
+            ev = f"new={n} in {span:.1f}s (burst {lim.burst} + {_num(lim.new_per_sec)}/s)"
+            return self._near(ip, port, n, round(allowed), ev, "conn_rate")
+        return []
+
     def syn_cookies(self, sent: int) -> list[Verdict]:
         """An alert when the kernel sent SYN cookies since the last poll (TcpExt SyncookiesSent delta)."""
         if sent <= 0:
@@ -152,11 +195,7 @@ class RuleEngine:
         return [Verdict("source_near_limit", ALERT, ip, port, value, limit, evidence=ev)]
 
     def _ban(self, rule: str, ip: str, port: int, value: float, limit: float, seconds: int, what: str) -> Verdict:
-        evidence = (
-            f"{what}={_num(value)}>{_num(limit)}"
-            if what.isidentifier()
-            else f"rate={_num(value)}/s>{_num(limit)}/s {what}"
-        )
+        evidence = f"{what}={_num(value)}>{_num(limit)}" if what.isidentifier() else what
         why = self.allow.why(ip)
         if why is not None:
             return Verdict(rule, ALERT, ip, port, value, limit, 0, evidence, allowlisted=why)
@@ -173,7 +212,8 @@ class RuleEngine:
                 else:
                     first, second = (v, old) if v.seconds > old.seconds else (old, v)
                     evidence = f"{first.evidence} port={first.port}; {second.rule} {second.evidence}"
-                    bans[v.address] = replace(first, evidence=evidence)
+                    # spared in a restart grace only if every rule that fired is graceable
+                    bans[v.address] = replace(first, evidence=evidence, graceable=v.graceable and old.graceable)
                 continue
             key = (v.rule, v.port, v.address)
             last = self._alerted.get(key)
@@ -181,6 +221,16 @@ class RuleEngine:
                 self._alerted[key] = now
                 out.append(v)
         return sorted(bans.values(), key=lambda v: (v.rule, v.address or "")) + out
+
+
+def spare_in_grace(verdicts: Iterable[Verdict], left: float) -> list[Verdict]:
+    """During a restart grace (`left` s of it), the graceable bans (below the flood line) become alerts that
+    say why: the reconnect wave after a restart of OpenSIPS never bans; flood_line and syn_flood still do."""
+    if left <= 0:
+        return list(verdicts)
+    why = f" (restart grace, {round(left)}s left: only the flood line bans)"
+    return [replace(v, action=ALERT, evidence=v.evidence + why) if v.graceable and v.action == BAN else v
+            for v in verdicts]  # fmt: skip
 
 
 def escalate(seconds: int, count: int, factor: float = 4.0, maximum: int = 86400) -> int:

@@ -38,7 +38,7 @@ from sipops.host.monitor.allow import Allowlist
 from sipops.host.monitor.ban import Ban, BanBackend, BanBackendError
 from sipops.host.monitor.crowdsec import LocalBan
 from sipops.host.monitor.journal import BanRecord, Journal, NewBan
-from sipops.host.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, Verdict, escalate
+from sipops.host.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, Verdict, escalate, spare_in_grace
 from sipops.host.monitor.siplog import LogFollower, SipLogRules
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ def syslog_sink(message: str) -> None:
 
 @dataclass
 class WatchConfig:
+    thresholds: Thresholds  # the common role's variables (watchconf.py): no second set of defaults here
     ports: list[int] | None = None  # None: every port
-    thresholds: Thresholds = field(default_factory=Thresholds)
     per_port: dict[int, Thresholds] = field(default_factory=dict)
     ban: bool = False
     ban_factor: float = 4.0
@@ -118,6 +118,7 @@ class Watcher:
         monotonic: Clock = time.monotonic,
         events: EventSink = syslog_sink,
         fleet: FleetLink | None = None,
+        grace: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -138,6 +139,8 @@ class Watcher:
         self.clock = clock
         self.monotonic = monotonic
         self.events = events
+        # Seconds left of the restart grace (the kernel's grace set: kernelbans.grace_left)
+        self.grace = grace if grace is not None else (lambda: kernelbans.grace_left(self.backend))
         self.fleet = fleet if config.ban else None  # CrowdSec LAPI link (sipops.host.monitor.fleetlink)
         self.engine = RuleEngine(config.thresholds, config.per_port, allow, monotonic)
         self.follower = LogFollower(config.sip_log) if config.sip_log else None
@@ -255,6 +258,8 @@ class Watcher:
             for v in self.follower.verdicts(self.config.sip_rules):
                 why = self.allow.why(v.address or "")
                 verdicts.append(v if why is None else Verdict(v.rule, ALERT, v.address, None, 1, 1, 0, v.evidence, why))
+        if any(v.graceable and v.action == BAN for v in verdicts):  # rare: ask the kernel only then
+            verdicts = spare_in_grace(verdicts, self.grace())
         fleet_bans = self._fleet_take(errors)
         result = self.apply([v for v in verdicts if v.action == BAN], fleet_bans)
         result.table = table
