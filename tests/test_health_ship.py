@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sipops.health import bundle, cron
-from sipops.health.remote import host_config, parse_reply, run_hosts
+from sipops.health.remote import host_config, parse_reply
+from sipops.health.run import check_hosts
 from sipops.host.health.config import HealthConfig, Socket
 from sipops.inventory import load_inventory
 from sipops.remote.apply import PushOptions, list_backups
@@ -197,9 +198,9 @@ def test_unreachable_host_is_unknown_with_the_reason(write_inventory: Any) -> No
     def refuse(host: Any) -> Any:
         raise OSError(f"connect to {host.address} refused")
 
-    reports = run_hosts(list(inv.hosts.values()), lambda h: host_config(inv, h), refuse)
-    assert [r.status.name for r in reports] == ["UNKNOWN", "UNKNOWN"]
-    assert "198.18.0.12 refused" in reports[1].checks[0].message
+    runs = check_hosts(list(inv.hosts.values()), lambda h: host_config(inv, h), refuse)
+    assert [(r.status, r.result.status.name if r.result else None) for r in runs] == [("unreachable", "UNKNOWN")] * 2
+    assert runs[1].result is not None and "198.18.0.12 refused" in runs[1].result.checks[0].message
 
 
 def test_cli_local_nagios_exit_code_and_bad_input(tmp_path: Path, cli: Cli) -> None:

@@ -115,7 +115,7 @@ def test_rollback_restores_the_latest_backup_and_can_itself_be_undone(site: Site
     cli(*site.args("push"))
     second = site.hashes()
     code, out, _ = cli(*site.args("rollback", "--list"))
-    assert code == 0 and out.count("node1  ") == 2
+    assert code == 0 and out.count("node1  20") == 2  # two backups (stamps), then the summary table
     code, out, _ = cli(*site.args("rollback"))
     assert code == 0, out
     assert site.hashes() == first

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from sipops.cli.options import HostsArg, InventoryOpt, JsonOpt, bad_input
 from sipops.errors import InputError
 
 
@@ -20,13 +21,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def calltest(
-        targets: Annotated[
-            list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)
-        ],
-        inventory: Annotated[
-            str | None,
-            typer.Option("-i", "--inventory", help="Inventory file [default: $SIPOPS_INVENTORY, else inventory.yaml]"),
-        ] = None,
+        targets: HostsArg,
+        inventory: InventoryOpt = None,
         transport: Annotated[
             list[str] | None, typer.Option("--transport", "-t", help="udp or tcp (repeat) [default: both]")
         ] = None,
@@ -52,7 +48,7 @@ def register(app: typer.Typer) -> None:
         calls: Annotated[int | None, typer.Option("--calls", help="Load mode: calls to place")] = None,
         concurrency: Annotated[int | None, typer.Option("--concurrency", help="Load mode: calls at once")] = None,
         duration: Annotated[float | None, typer.Option("--duration", help="Load mode: stop after T seconds")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+        as_json: JsonOpt = False,
         keep: Annotated[Path | None, typer.Option("--keep", help="Keep scenarios and sipp's files in DIR")] = None,
     ) -> None:
         """Softphones register and call through each host's roles: signalling, media both ways, DTMF, failover."""
@@ -82,8 +78,7 @@ def register(app: typer.Typer) -> None:
             else:
                 code = calltest(req, sys.stdout)
         except InputError as exc:
-            typer.echo(f"sipops: error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            bad_input(exc)
         except RuntimeError as exc:  # the test could not run (a callee that cannot register, nft failing)
             typer.echo(f"sipops: calltest: {exc}", err=True)
             raise typer.Exit(1) from None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from sipops.cli.options import bad_input
 from sipops.errors import ExitCode, InputError
 from sipops.lab.proc import LabError
 
@@ -31,9 +32,11 @@ DirOption = Annotated[
 
 
 def _fail(exc: Exception) -> NoReturn:
-    code = ExitCode.BAD_INPUT if isinstance(exc, InputError) else ExitCode.FAILURE
+    """Bad input: the one error line, exit 2; anything else (a boot that failed): exit 1."""
+    if isinstance(exc, InputError):
+        bad_input(exc)
     print(f"sipops lab: {exc}", file=sys.stderr)
-    raise typer.Exit(int(code))
+    raise typer.Exit(int(ExitCode.FAILURE))
 
 
 def _state(directory: Path) -> LabState:

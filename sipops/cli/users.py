@@ -8,17 +8,14 @@ the hosts get HA1s. Everything is checked (inventory, hosts, user, password) bef
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from sipops.cli.main import AcceptNewOpt, ForksOpt, InventoryOpt, bad_input
+from sipops.cli.options import FORKS, AcceptNewOpt, ForksOpt, HostsArg, InventoryOpt, SerialOpt, bad_input
 from sipops.errors import InputError
-
-if TYPE_CHECKING:
-    from sipops.remote.fleet import Target
-    from sipops.users.model import Registrar
 
 users_app: typer.Typer = typer.Typer(
     help="Digest accounts on registrars, stored as HA1 in the registrar's database (never the password).",
@@ -26,7 +23,6 @@ users_app: typer.Typer = typer.Typer(
     rich_markup_mode=None,
 )
 
-HostsArg = Annotated[list[str], typer.Argument(metavar="HOST...", help="Hosts, groups or 'all'", show_default=False)]
 UserOpt = Annotated[str, typer.Option("-u", "--user", help="SIP user name", show_default=False)]
 UsersOpt = Annotated[list[str], typer.Option("-u", "--user", help="SIP user name (repeat)", show_default=False)]
 PasswordFileOpt = Annotated[
@@ -61,29 +57,8 @@ def _first_line(text: str) -> str:
     return text.split("\n", 1)[0].removesuffix("\r")
 
 
-def _select(
-    inventory: str | None, targets: list[str], accept_new: bool, *, writing: bool
-) -> tuple[Target, list[Registrar]]:
-    from sipops.remote.fleet import load_targets
-    from sipops.users.model import registrars
-
-    t = load_targets(inventory, targets, local=False, accept_new=accept_new)
-    return t, registrars(t.inv, targets, writing=writing)
-
-
-def _write(action: str, targets: list[str], inventory: str | None, user: str, password_file: Path | None,
-           password_stdin: bool, forks: int, accept_new: bool) -> None:  # fmt: skip
-    from sipops.users.model import account_request, check_user
-    from sipops.users.run import report, run_all
-
-    try:
-        name = check_user(user)
-        t, regs = _select(inventory, targets, accept_new, writing=True)
-        password = read_password(password_file, password_stdin)
-    except InputError as exc:
-        bad_input(exc)
-    outcomes = run_all(t, regs, lambda r: account_request(r, action, [(name, password)]), forks=forks)
-    raise typer.Exit(report(outcomes, regs, sys.stdout))
+def _password(password_file: Path | None, password_stdin: bool) -> Callable[[], str]:
+    return lambda: read_password(password_file, password_stdin)
 
 
 @users_app.command("add")
@@ -93,11 +68,22 @@ def add(
     inventory: InventoryOpt = None,
     password_file: PasswordFileOpt = None,
     password_stdin: PasswordStdinOpt = False,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
+    serial: SerialOpt = None,
     accept_new_host_key: AcceptNewOpt = False,
 ) -> None:
     """Create an account (a user already there with another password is refused: see passwd)."""
-    _write("add", targets, inventory, user, password_file, password_stdin, forks, accept_new_host_key)
+    from sipops.users.run import write
+
+    try:
+        code = write(
+            "add", targets, sys.stdout, inventory=inventory, user=user,
+            password=_password(password_file, password_stdin), forks=forks, serial=serial,
+            accept_new=accept_new_host_key,
+        )  # fmt: skip
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(code)
 
 
 @users_app.command("passwd")
@@ -107,11 +93,22 @@ def passwd(
     inventory: InventoryOpt = None,
     password_file: PasswordFileOpt = None,
     password_stdin: PasswordStdinOpt = False,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
+    serial: SerialOpt = None,
     accept_new_host_key: AcceptNewOpt = False,
 ) -> None:
     """Give an existing account a new password."""
-    _write("passwd", targets, inventory, user, password_file, password_stdin, forks, accept_new_host_key)
+    from sipops.users.run import write
+
+    try:
+        code = write(
+            "passwd", targets, sys.stdout, inventory=inventory, user=user,
+            password=_password(password_file, password_stdin), forks=forks, serial=serial,
+            accept_new=accept_new_host_key,
+        )  # fmt: skip
+    except InputError as exc:
+        bad_input(exc)
+    raise typer.Exit(code)
 
 
 @users_app.command("remove")
@@ -119,36 +116,33 @@ def remove(
     targets: HostsArg,
     users: UsersOpt,
     inventory: InventoryOpt = None,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
+    serial: SerialOpt = None,
     accept_new_host_key: AcceptNewOpt = False,
 ) -> None:
     """Remove accounts (users not there are reported, not an error); works with registrar_auth off too."""
-    from sipops.users.model import check_user, remove_request
-    from sipops.users.run import report, run_all
+    from sipops.users.run import remove as run_remove
 
     try:
-        names = [check_user(u) for u in users]
-        t, regs = _select(inventory, targets, accept_new_host_key, writing=False)
+        code = run_remove(targets, sys.stdout, inventory=inventory, users=users, forks=forks, serial=serial,
+                          accept_new=accept_new_host_key)  # fmt: skip
     except InputError as exc:
         bad_input(exc)
-    outcomes = run_all(t, regs, lambda r: remove_request(r, names), forks=forks)
-    raise typer.Exit(report(outcomes, regs, sys.stdout))
+    raise typer.Exit(code)
 
 
 @users_app.command("list")
 def list_users(
     targets: HostsArg,
     inventory: InventoryOpt = None,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
     accept_new_host_key: AcceptNewOpt = False,
 ) -> None:
     """User and realm of each account (never a password or hash)."""
-    from sipops.users.model import list_request
-    from sipops.users.run import list_table, run_all
+    from sipops.users.run import list_accounts
 
     try:
-        t, regs = _select(inventory, targets, accept_new_host_key, writing=False)
+        code = list_accounts(targets, sys.stdout, inventory=inventory, forks=forks, accept_new=accept_new_host_key)
     except InputError as exc:
         bad_input(exc)
-    outcomes = run_all(t, regs, list_request, forks=forks)
-    raise typer.Exit(list_table(outcomes, sys.stdout))
+    raise typer.Exit(code)

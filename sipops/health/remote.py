@@ -1,4 +1,5 @@
-"""`sipops health HOST…`: the checks run ON each host (python3 -, one SSH round trip), hosts in parallel.
+"""`sipops health HOST…`: the checks run ON each host (python3 -, one SSH round trip); the hosts go through
+the fleet executor (sipops.health.run.check_hosts).
 
 The config is the host's health.json rendered from the inventory on the controller, so thresholds
 are the same as the cron job's. Remote runs keep their own state on the host (`remote.json`), so
@@ -8,17 +9,14 @@ they never take the cron job's log lines or status changes away from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from sipops.health.bundle import remote_script
-from sipops.host.health.config import ConfigError, HealthConfig, config_from_dict
+from sipops.host.health.config import HealthConfig, config_from_dict
 from sipops.host.health.model import CheckResult, Report, Status
 from sipops.inventory import Host, Inventory
 from sipops.remote.runner import Runner
 
 CONFIG_TEMPLATE = "sipops/health.json.j2"
-MAX_PARALLEL = 16
 REMOTE_TIMEOUT = 120
 
 
@@ -73,33 +71,3 @@ def run_remote(
         lines = out.stderr.decode("utf-8", "replace").strip().splitlines()
         return _failed(cfg.host, f"checks failed on the host: {lines[-1] if lines else out.rc}")
     return parse_reply(cfg.host, out.stdout.decode("utf-8", "replace"))
-
-
-def run_hosts(
-    hosts: list[Host],
-    config_for: Callable[[Host], HealthConfig],
-    connect: Callable[[Host], Runner],
-    *,
-    only: list[str] | None = None,
-    state_name: str = "remote",
-) -> list[Report]:
-    """Every host in parallel; a host that cannot be reached is UNKNOWN with the reason."""
-
-    def one(host: Host) -> Report:
-        try:
-            cfg = config_for(host)
-        except ConfigError as exc:
-            return _failed(host.name, str(exc))
-        try:
-            runner = connect(host)
-            try:
-                return run_remote(runner, cfg, state_name=state_name, only=only)
-            finally:
-                runner.close()
-        except Exception as exc:  # SSH, host keys, timeouts: the host's result, not a crash
-            return _failed(host.name, describe_error(exc))
-
-    if not hosts:
-        return []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(hosts))) as pool:
-        return list(pool.map(one, hosts))

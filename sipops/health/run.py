@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from sipops.errors import ExitCode, InputError
-from sipops.host.health.config import CHECKS, DEFAULT_CONFIG, ConfigError, load_config
+from sipops.errors import InputError
+from sipops.host.health.config import CHECKS, DEFAULT_CONFIG, ConfigError, HealthConfig, load_config
 from sipops.host.health.formats import FORMATS, render, write_textfile
-from sipops.host.health.model import worst
+from sipops.host.health.model import CheckResult, Report, Status, worst
 from sipops.inventory import Host, load_inventory, resolve_inventory_path
+from sipops.remote.executor import FORKS, HostRun, printer, reach, run_hosts, summarize
 
-
-def _runner(host: Host) -> Any:
-    """The push engine's runner: one raw SSH channel per call, sudo when the SSH user is not root."""
-    from sipops.remote.runner import SSHRunner
-
-    return SSHRunner(host)
+if TYPE_CHECKING:
+    from sipops.remote.runner import Runner
 
 
 def check_options(fmt: str, checks: list[str] | None) -> None:
@@ -55,7 +52,9 @@ def health(
     checks: list[str] | None = None,
     config: Path | None = None,
     state_dir: str | None = None,
-    runner: Callable[[Host], Any] = _runner,
+    forks: int = FORKS,
+    accept_new: bool = False,
+    runner: Callable[[Host], Runner] | None = None,
 ) -> int:
     """Run the checks here (--local) or on HOST… over SSH; returns the Nagios exit code of the worst status."""
     check_options(fmt, checks)
@@ -77,33 +76,70 @@ def health(
         )
         reports = [report]
     else:
-        from sipops.health.remote import host_config, run_hosts
+        from sipops.health.remote import host_config
+        from sipops.remote.runner import SSHRunner
 
         if alert_cmd is not None:
             raise InputError("--alert-cmd runs on the host: use it with --local or `sipops cron install`",
                              field="--alert-cmd")  # fmt: skip
         inv = load_inventory(resolve_inventory_path(inventory))
         hosts = inv.select(targets or [])
-        reports = run_hosts(
-            hosts, lambda h: host_config(inv, h), runner, only=checks, state_name=state_name or "remote"
-        )
+        runs = check_hosts(
+            hosts, lambda h: host_config(inv, h), runner or (lambda h: SSHRunner(h, accept_new_host_key=accept_new)),
+            only=checks, state_name=state_name or "remote", forks=forks,
+        )  # fmt: skip
+        reports = [run.result for run in runs if run.result is not None]
         text = render(fmt, reports)
         if textfile is not None:
             write_textfile(textfile, render("prometheus", reports))
+        if not quiet:  # the summary table: after the text, else on stderr (stdout stays machine-readable)
+            out.write(text)
+            summarize(runs, printer(out if fmt == "text" else sys.stderr))
+        return int(worst([r.status for r in reports]))
     if not quiet:
         out.write(text)
     return int(worst([r.status for r in reports]))
 
 
-def _each(hosts: list[Host], fn: Callable[[Host], str]) -> list[tuple[str, bool, str]]:
-    def one(host: Host) -> tuple[str, bool, str]:
-        try:
-            return host.name, True, fn(host)
-        except Exception as exc:
-            return host.name, False, f"{type(exc).__name__}: {exc}".splitlines()[0]
+def _unknown(host: str, message: str) -> Report:
+    return Report(host, [CheckResult("ssh", Status.UNKNOWN, message)])
 
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(hosts)))) as pool:
-        return list(pool.map(one, hosts))
+
+def check_hosts(
+    hosts: list[Host],
+    config_for: Callable[[Host], HealthConfig],
+    connect: Callable[[Host], Runner],
+    *,
+    only: list[str] | None = None,
+    state_name: str = "remote",
+    forks: int = FORKS,
+) -> list[HostRun[Report]]:
+    """The checks on every host through the fleet executor; a host not reached is UNKNOWN with the reason."""
+    from sipops.health.remote import run_remote
+
+    by_name = {h.name: h for h in hosts}
+
+    def one(name: str) -> Report:
+        host = by_name[name]
+        try:
+            cfg = config_for(host)
+        except ConfigError as exc:
+            return _unknown(name, str(exc))
+        runner = reach(lambda: connect(host))()
+        try:
+            return run_remote(runner, cfg, state_name=state_name, only=only)
+        finally:
+            runner.close()
+
+    def verdict(report: Report) -> tuple[str, str]:
+        bad = [f"{c.name}: {c.message}" for c in report.checks if c.status == report.status]
+        return report.status.name.lower(), "" if report.status == Status.OK else (bad[0] if bad else "")
+
+    runs = run_hosts(list(by_name), one, forks=forks, verdict=verdict)
+    for run in runs:  # unreachable: the report says so (UNKNOWN, as monitoring expects)
+        if run.result is None:
+            run.result = _unknown(run.host, run.reason)
+    return runs
 
 
 def cron(
@@ -114,28 +150,33 @@ def cron(
     inventory: str | None,
     timer: bool = False,
     alert_cmd: str | None = None,
-    connect: Callable[[Host], Any] = _runner,
+    forks: int = FORKS,
+    serial: int | None = None,
+    accept_new: bool = False,
 ) -> int:
-    """Install or remove the every-minute checks on HOST…; exit 1 when some host failed."""
+    """Install or remove the every-minute checks on HOST… (through the push engine); exit 1 when a host failed."""
     from sipops.health import cron as cronmod
+    from sipops.remote.runner import SSHRunner
 
     _check_alert_cmd(alert_cmd)  # it goes to tuned/<host>.yaml as health_alert_cmd: the same rule now
 
     inv = load_inventory(resolve_inventory_path(inventory))
-    hosts = inv.select(targets)
+    hosts = {h.name: h for h in inv.select(targets)}
+    emit = printer(out)
 
-    def do(host: Host) -> str:
-        # Through the push engine (one agent, its backups and retire): connect(host) opens a Runner.
+    def do(name: str) -> cronmod.CronResult:
+        host = hosts[name]
+        make = reach(lambda: SSHRunner(host, accept_new_host_key=accept_new))
         if action == "install":
-            res = cronmod.install(lambda: connect(host), inv, host, timer=timer, alert_cmd=alert_cmd)
+            res = cronmod.install(make, inv, host, timer=timer, alert_cmd=alert_cmd)
         else:
-            res = cronmod.remove(lambda: connect(host), inv, host)
-        if not res.ok:
-            raise RuntimeError(res.error)
-        return ", ".join(res.changed) if res.changed else "no change"
+            res = cronmod.remove(make, inv, host)
+        emit(f"{name}: {', '.join(res.changed) or 'no change'}" if res.ok else f"{name}: FAILED: {res.error}")
+        return res
 
-    failed = 0
-    for name, ok, text in _each(hosts, do):
-        out.write(f"{name}: {text if ok else 'FAILED: ' + text}\n")
-        failed += not ok
-    return int(ExitCode.FAILURE if failed else ExitCode.OK)
+    def verdict(res: cronmod.CronResult) -> tuple[str, str]:
+        if not res.ok:
+            return "failed", res.error
+        return ("changed" if res.changed else "unchanged"), ""
+
+    return summarize(run_hosts(list(hosts), do, forks=forks, serial=serial, verdict=verdict, emit=emit), emit)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
 from sipops.errors import ExitCode, InputError
 from sipops.host.monitor.scan import TcpState
+from sipops.remote.executor import FORKS, HostRun, printer, reach, run_hosts, summarize
 
 MAX_TOP = 1000
 
@@ -59,6 +60,8 @@ def conns(
     as_json: bool,
     show_limits: bool,
     out: TextIO,
+    forks: int = FORKS,
+    accept_new: bool = False,
     local_report: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     remote_report: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> int:
@@ -73,14 +76,19 @@ def conns(
         from sipops.host.monitor.report import build_report
 
         report = (local_report or build_report)(params)
-        reports = [report]
-    else:
-        reports = _remote(targets, inventory, params, remote_report)
+        _write(out, [report], as_json)
+        return ExitCode.OK
+    runs = _remote(targets, inventory, params, remote_report, forks=forks, accept_new=accept_new)
+    _write(out, [r.result for r in runs if r.result is not None], as_json)
+    # the summary table: after the text, on stderr with --json (stdout stays one JSON document)
+    return summarize(runs, printer(sys.stderr if as_json else out))
+
+
+def _write(out: TextIO, reports: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         out.write(json.dumps(reports, indent=2) + "\n")
     else:
         out.write("\n".join(render(r) for r in reports))
-    return ExitCode.FAILURE if any("error" in r for r in reports) else ExitCode.OK
 
 
 def _remote(
@@ -88,33 +96,40 @@ def _remote(
     inventory: str | None,
     params: dict[str, Any],
     remote_report: Callable[[Any, dict[str, Any]], dict[str, Any]] | None,
-) -> list[dict[str, Any]]:
+    *,
+    forks: int,
+    accept_new: bool,
+) -> list[HostRun[dict[str, Any]]]:
     from sipops.inventory import load_inventory, resolve_inventory_path
     from sipops.monitor.remote import run_report
     from sipops.remote.runner import SSHRunner
 
     inv = load_inventory(resolve_inventory_path(inventory))
-    hosts = inv.select(targets)
+    hosts = {h.name: h for h in inv.select(targets)}
     runner = remote_report or run_report
 
-    def one(host: Any) -> dict[str, Any]:
+    def one(name: str) -> dict[str, Any]:
+        host = hosts[name]
         host_params = dict(params, host=host.name)
         if params["limits"] and host.vars.get("tcp_max_connections") is not None:
             host_params["tcp_max_connections"] = int(host.vars["tcp_max_connections"])
+        ssh = reach(lambda: SSHRunner(host, accept_new_host_key=accept_new))()
         try:
-            ssh = SSHRunner(host)
-            try:
-                report = runner(ssh, host_params)
-            finally:
-                ssh.close()
-        except Exception as exc:  # one host's failure is reported, the others still run
-            return {"host": host.name, "error": " ".join(f"{type(exc).__name__}: {exc}".split())}
+            report = runner(ssh, host_params)
+        finally:
+            ssh.close()
         report["host"] = host.name
         report["near_limit"] = near_limit(report, host.vars)
         return report
 
-    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-        return list(pool.map(one, hosts))
+    def verdict(report: dict[str, Any]) -> tuple[str, str]:
+        return ("failed", str(report["error"])) if "error" in report else ("ok", "")
+
+    runs = run_hosts(list(hosts), one, forks=forks, verdict=verdict)
+    for run in runs:  # a host's failure is in its report too (--json readers see it there)
+        if run.result is None:
+            run.result = {"host": run.host, "error": run.reason, "status": run.status}
+    return runs
 
 
 NEAR_RATIO = 0.8  # sipops.host.monitor.rules.Thresholds.source_alert_ratio: the watcher alerts at the same level

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shlex
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
-from sipops.errors import ExitCode
-from sipops.inventory import Host, Inventory
+from sipops.errors import ExitCode, InputError
+from sipops.inventory import Host, load_inventory, resolve_inventory_path
 from sipops.opensips import layout
-from sipops.remote.runner import SSHRunner
+from sipops.remote.executor import FORKS, HostRun, describe, printer, reach, run_hosts, summarize
+from sipops.remote.runner import Runner, SSHRunner
 from sipops.remote.transport import HostKeyError, connect
 
 ACTIONS = ("start", "stop", "restart", "reload", "status")
@@ -33,7 +35,8 @@ def _unit(host: Host) -> str:
     return layout(host).unit
 
 
-def service_action(host: Host, action: str, *, accept_new_host_key: bool = False) -> ServiceResult:
+def service_action(host: Host, action: str, make: Callable[[], Runner]) -> ServiceResult:
+    """ACTION on HOST's OpenSIPS unit through the runner `make` opens (Unreachable when it cannot)."""
     unit = _unit(host)
     if action == "status":
         cmd = f"systemctl is-active {unit}; systemctl status {unit} --no-pager -n 5 2>&1 | head -n 12; true"
@@ -45,13 +48,9 @@ def service_action(host: Host, action: str, *, accept_new_host_key: bool = False
             f"{reset}systemctl {action} {unit}; rc=$?; systemctl is-active {unit};"
             f" if [ $rc -ne 0 ]; then journalctl -u {unit} -n 20 --no-pager; fi; exit $rc"
         )
-    runner = SSHRunner(host, accept_new_host_key=accept_new_host_key)
+    runner = reach(make)()
     try:
         res = runner.exec("sh -s", cmd.encode(), 120)
-    except HostKeyError as exc:
-        return ServiceResult(host.name, False, "unreachable", str(exc))
-    except Exception as exc:  # network errors of every kind: this host fails alone
-        return ServiceResult(host.name, False, "unreachable", f"{type(exc).__name__}: {exc}")
     finally:
         runner.close()
     lines = res.stdout.decode(errors="replace").splitlines()
@@ -66,25 +65,51 @@ def service_action(host: Host, action: str, *, accept_new_host_key: bool = False
     return ServiceResult(host.name, ok, state, detail)
 
 
-def run_service(inv: Inventory, targets: list[str], action: str, forks: int, accept_new: bool) -> int:
-    hosts = inv.select(targets)
-    with ThreadPoolExecutor(max_workers=max(1, forks)) as pool:
-        results = list(pool.map(lambda h: service_action(h, action, accept_new_host_key=accept_new), hosts))
-    width = max(len(r.host) for r in results)
-    for r in results:
-        mark = "ok  " if r.ok else "FAIL"
-        print(f"{mark} {r.host:<{width}}  {_unit(inv.hosts[r.host])} {r.state}")
-        if r.detail and (not r.ok or action == "status"):
-            for line in r.detail.splitlines():
-                print(f"     {line}")
-    failed = [r.host for r in results if not r.ok]
-    if failed:
-        print(f"{action} failed on {len(failed)} of {len(results)} hosts: {', '.join(failed)}", file=sys.stderr)
-        return ExitCode.FAILURE
-    return ExitCode.OK
+def run_service(
+    action: str,
+    targets: list[str],
+    out: TextIO,
+    *,
+    inventory: str | None,
+    forks: int = FORKS,
+    serial: int | None = None,
+    accept_new: bool = False,
+) -> int:
+    """`sipops service`: ACTION on every host (--serial N: N at a time, stopping after a failed batch)."""
+    from sipops.types import suggest
+
+    if action not in ACTIONS:
+        raise InputError(f"unknown action '{action}'{suggest(action, list(ACTIONS))}", field="ACTION")
+    inv = load_inventory(resolve_inventory_path(inventory))
+    hosts = {h.name: h for h in inv.select(targets)}
+
+    def one(name: str) -> ServiceResult:
+        host = hosts[name]
+        return service_action(host, action, lambda: SSHRunner(host, accept_new_host_key=accept_new))
+
+    def verdict(r: ServiceResult) -> tuple[str, str]:
+        return ("ok", "") if r.ok else ("failed", f"{_unit(hosts[r.host])} {r.state}")
+
+    runs: list[HostRun[ServiceResult]] = run_hosts(list(hosts), one, forks=forks, serial=serial, verdict=verdict)
+    emit = printer(out)
+    width = max(len(r.host) for r in runs)
+    for run in runs:
+        r = run.result
+        state, detail = (r.state, r.detail) if r is not None else (run.status, run.reason)
+        emit(f"{'ok  ' if not run.failed else 'FAIL'} {run.host:<{width}}  {_unit(hosts[run.host])} {state}")
+        if detail and (run.failed or action == "status"):
+            for line in detail.splitlines():
+                emit(f"     {line}")
+    return summarize(runs, emit)
 
 
-def run_logs(host: Host, lines: int, follow: bool, accept_new: bool) -> int:
+def run_logs(host_name: str, *, inventory: str | None, lines: int, follow: bool, accept_new: bool) -> int:
+    """`sipops logs`: tail HOST's OpenSIPS log (one host, streamed; not a fleet command)."""
+    inv = load_inventory(resolve_inventory_path(inventory))
+    inv.select([host_name])  # an unknown name: one line with a did-you-mean
+    if host_name not in inv.hosts:
+        raise InputError(f"'{host_name}' is a group; name one host", file=inv.file, field="HOST")
+    host = inv.hosts[host_name]
     log_file = host.vars["log_file"]
     cmd = f"tail -n {int(lines)} {'-F ' if follow else ''}{shlex.quote(log_file)}"
     try:
@@ -96,6 +121,6 @@ def run_logs(host: Host, lines: int, follow: bool, accept_new: bool) -> int:
         print(f"{host.name}: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
     except Exception as exc:
-        print(f"{host.name}: unreachable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{host.name}: unreachable: {describe(exc)}", file=sys.stderr)
         return ExitCode.FAILURE
     return ExitCode.OK if res.exited == 0 else ExitCode.FAILURE

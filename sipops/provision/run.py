@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
 
-from sipops.errors import ExitCode
-from sipops.inventory import Host
+from sipops.errors import ExitCode, InputError
 from sipops.provision import install as inst
 from sipops.provision.progress import Board
 from sipops.provision.runner import ShellRunner
 from sipops.provision.steps import StepResult
 from sipops.remote.apply import PushOptions, push_host
+from sipops.remote.executor import FORKS, reach, run_hosts, summarize
 from sipops.remote.fleet import Target
 from sipops.render import HostRender, RenderedFile
 
@@ -37,20 +36,54 @@ def without_opensips(rendered: HostRender) -> HostRender:
     return dataclasses.replace(rendered, files=files, handlers=handlers, retired=retired)
 
 
-def install(t: Target, out: TextIO, *, forks: int, check: bool, skip: set[str], opts: PushOptions) -> int:
+def install_command(
+    targets: list[str],
+    out: TextIO,
+    *,
+    inventory: str | None,
+    check: bool,
+    skip: list[str],
+    forks: int = FORKS,
+    serial: int | None = None,
+    lock_timeout: float,
+    gate_timeout: float,
+    local: bool = False,
+    accept_new: bool = False,
+) -> int:
+    """`sipops install`: arguments, inventory and every template checked (InputError) before a host is touched."""
+    from sipops.remote.fleet import load_targets, render_all
+    from sipops.types import suggest
+
+    for name in skip:
+        if name not in SKIPPABLE:
+            raise InputError(f"unknown phase '{name}'{suggest(name, list(SKIPPABLE))}", field="--skip")
+    t = load_targets(inventory, targets, local=local, accept_new=accept_new)
+    render_all(t)  # every template renders and lints before any host is touched
+    opts = PushOptions(lock_timeout=lock_timeout, gate_timeout=gate_timeout)
+    return install(t, out, forks=forks, serial=serial, check=check, skip=set(skip), opts=opts)
+
+
+def install(
+    t: Target, out: TextIO, *, forks: int = FORKS, serial: int | None = None, check: bool, skip: set[str],
+    opts: PushOptions,
+) -> int:  # fmt: skip
     # Long steps (a package download, a source build) show live on a terminal, as plain lines elsewhere.
     with Board(out, live=out.isatty()) as board:
-        return _install(t, board, forks=forks, check=check, skip=skip, opts=opts)
+        return _install(t, board, forks=forks, serial=serial, check=check, skip=skip, opts=opts)
 
 
-def _install(t: Target, board: Board, *, forks: int, check: bool, skip: set[str], opts: PushOptions) -> int:
+def _install(
+    t: Target, board: Board, *, forks: int, serial: int | None, check: bool, skip: set[str], opts: PushOptions
+) -> int:
     emit = board.print
 
     skipped = set(skip)
     if "opensips" in skipped:
         skipped.update(_NEEDS_OPENSIPS)
 
-    def one(host: Host) -> inst.InstallReport:
+    by_name = {h.name: h for h in t.hosts}
+
+    def one(name: str) -> inst.InstallReport:
         def push_files(rendered: HostRender, dry: bool, opensips_pending: bool) -> inst.PhaseReport:
             later = ""
             if "opensips" in skipped or opensips_pending:
@@ -69,12 +102,8 @@ def _install(t: Target, board: Board, *, forks: int, check: bool, skip: set[str]
             note = f"{len(rendered.files)} files, validated on the host, swapped atomically{later}"
             return inst.PhaseReport("files", results, note)
 
-        try:
-            runner = t.runner(host)()
-        except Exception as exc:  # unreachable, host key: this host fails alone
-            report = inst.InstallReport(host.name, [inst.PhaseReport("connect", error=f"{type(exc).__name__}: {exc}")])
-            emit(inst.format_phase(host.name, report.phases[0]))
-            return report
+        host = by_name[name]
+        runner = reach(t.runner(host))()  # unreachable, host key: Unreachable, the executor's line and row
         from sipops.crowdsec_setup import preflight  # a LAPI that does not answer: nothing is touched
 
         why = "" if check else preflight(t.inv, host.name, [h.name for h in t.hosts], t.runner)
@@ -97,19 +126,16 @@ def _install(t: Target, board: Board, *, forks: int, check: bool, skip: set[str]
         finally:
             runner.close()
 
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(t.hosts)))) as pool:
-        reports = list(pool.map(one, t.hosts))
-    width = max(len(r.host) for r in reports)
+    def verdict(r: inst.InstallReport) -> tuple[str, str]:
+        if not r.ok:
+            return "failed", r.reason
+        return ("would change" if check else "changed") if r.changed else "unchanged", ""
+
+    runs = run_hosts(list(by_name), one, forks=forks, serial=serial, verdict=verdict, emit=emit)
     emit("")
-    for r in reports:
-        state = (
-            "FAILED"
-            if not r.ok
-            else ("would change" if check and r.changed else "changed" if r.changed else "no changes")
-        )
-        emit(f"{r.host:<{width}}  {state}{'  ' + r.reason if r.reason else ''}")
+    code = summarize(runs, emit)
     # Fleet-wide bans: CrowdSec credentials of every installed host, once the LAPI host is installed too.
     from sipops.crowdsec_setup import register_and_report
 
-    registered = check or register_and_report(t.inv, [r.host for r in reports if r.ok], t.runner, emit)
-    return ExitCode.OK if all(r.ok for r in reports) and registered else ExitCode.FAILURE
+    registered = check or register_and_report(t.inv, [r.host for r in runs if not r.failed], t.runner, emit)
+    return ExitCode.FAILURE if code or not registered else ExitCode.OK

@@ -39,6 +39,7 @@ class UsersError(Exception):
 
 
 def _one(inv: Inventory, host: Host | str, request_of: str, payload: object, accept_new_host_key: bool) -> HostOutcome:
+    from sipops.remote.executor import Unreachable
     from sipops.remote.fleet import Target
     from sipops.users.model import account_request, list_request, registrar, remove_request
     from sipops.users.run import OUTCOMES, run_one
@@ -53,7 +54,10 @@ def _one(inv: Inventory, host: Host | str, request_of: str, payload: object, acc
         request = remove_request(reg, payload)
     else:
         request = list_request(reg)
-    out = run_one(Target(inv, [h], accept_new_host_key=accept_new_host_key).runner(h), reg, request)
+    try:
+        out = run_one(Target(inv, [h], accept_new_host_key=accept_new_host_key).runner(h), reg, request)
+    except Unreachable as exc:
+        raise UsersError(f"{h.name}: unreachable: {exc}") from None
     if out.error:
         raise UsersError(f"{h.name}: {out.error}")
     bad = [f"{u}: {OUTCOMES.get(o, (o, True))[0]}" for u, o in out.results if OUTCOMES.get(o, (o, True))[1]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -175,7 +176,7 @@ def test_a_repository_signed_with_another_key_is_refused_by_apt_naming_the_step(
     assert "NO_PUBKEY" in out or "is not signed" in out, out
     assert f"changed repository key from {plab.repo_url}/opensips-test.gpg" in out, out
     assert "install ok installed" not in plab.after_refusal  # nothing came from the stranger's repository
-    assert "h1  FAILED  opensips: install OpenSIPS" in out, out
+    assert re.search(r"^h1 +failed +[0-9.]+s +opensips: install OpenSIPS", out, re.M), out
 
 
 def test_install_from_the_repository_ends_with_opensips_running(plab: PackageLab) -> None:
@@ -252,7 +253,7 @@ def test_health_is_ok(plab: PackageLab) -> None:
 
 def test_a_second_install_changes_nothing(plab: PackageLab) -> None:
     res = plab.sipops("install", "h1")
-    assert res.returncode == 0 and "h1  no changes" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and re.search(r"^h1 +unchanged ", res.stdout, re.M), res.stdout + res.stderr
 
 
 def test_a_rotated_key_at_a_new_url_replaces_the_keyring_and_apt_trusts_the_repository(plab: PackageLab) -> None:
