@@ -35,6 +35,8 @@ Clock = Callable[[], float]
 BAN, ALERT = "ban", "alert"
 
 
+# An address at this share of a limit gets source_near_limit (`sipops conns` shows NEAR BAN LIMIT at it too).
+SOURCE_ALERT_RATIO = 0.8
 # SYNs one connection may cost in a restart's reconnect wave: the connect and two retries while OpenSIPS
 # starts (refused, or its SYN dropped while the listener is not up yet).
 RECONNECT_SYNS = 3
@@ -62,7 +64,7 @@ class Thresholds:
     tcp_max_connections: int
     close_wait_alert: int
     port_alert_ratio: float = 0.9  # of tcp_max_connections: port_near_limit
-    source_alert_ratio: float = 0.8  # of max_conns_per_ip and conn_rate's bucket: source_near_limit
+    source_alert_ratio: float = SOURCE_ALERT_RATIO  # of max_conns_per_ip and conn_rate's bucket
 
     @property
     def burst(self) -> int:
