@@ -88,3 +88,44 @@ def test_record_with_the_counts_already_read_gives_the_same_rows(tmp_path: Path)
     bans = [NewBan("192.0.2.1", "conn_flood", "again", 600), NewBan("192.0.2.2", "manual", "", 60)]
     assert a.record(bans) == b.record(bans, previous=b.counts(["192.0.2.1", "192.0.2.2"]))
     assert [r.count for r in a.all()] == [2, 1] == [r.count for r in b.all()]
+
+
+class Batches:
+    def __init__(self) -> None:
+        self.batches: list[str] = []
+
+    def run(self, batch: str) -> str:
+        self.batches.append(batch)
+        return ""
+
+
+def test_elements_rendered_by_sqlite_are_what_restore_writes_from_ban_objects(tmp_path: Path) -> None:
+    from sipops.host.monitor.ban import MAX_TIMEOUT, Ban, NftBackend
+
+    clock = Clock()
+    j = Journal(tmp_path / "bans.sqlite", clock)
+    j.record([
+        NewBan("192.0.2.1", "conn_flood", "", 600), NewBan("192.0.2.2", "conn_flood", "", 90 * 86400),
+        NewBan("2001:db8::1", "manual", "", 3600), NewBan("198.51.100.0/24", 'odd "rule" here', "", 60),
+        NewBan("2001:db8:1::/48", "manual", "", 7200), NewBan("192.0.2.9", "manual", "", 10),
+    ])  # fmt: skip
+    j.unban(["192.0.2.9"])
+    clock.t += 30
+    rows = j.live_rows()
+    by_objects, by_sql = Batches(), Batches()
+    NftBackend(by_objects).restore(
+        [Ban(a, max(1, round(u - s)), rule, max(1, round(u - clock.t))) for a, rule, s, u in rows]
+    )
+    NftBackend(by_sql).restore_rendered(j.live_elements(NftBackend.ELEMENT_SQL, MAX_TIMEOUT))
+
+    def elements(batch: str) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for line in batch.splitlines():
+            head, _, body = line.partition(" { ")
+            out.setdefault(head, set()).update(body.rstrip(" }").split(", "))
+        return out
+
+    assert elements(by_sql.batches[0]) == elements(by_objects.batches[0])
+    assert 'comment "odd__rule__here"' in by_sql.batches[0]
+    assert "192.0.2.2 timeout 2592000s expires 2592000s" in by_sql.batches[0]
+    assert j.live_until() == {a: u for a, _r, _s, u in rows}

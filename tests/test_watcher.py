@@ -177,3 +177,23 @@ def test_the_event_line_carries_the_end_time_in_utc_and_the_extras_in_order() ->
         "action=ban addr=192.0.2.1 rule=conn_flood until=2027-01-15T08:00:00Z seconds=600 count=2 "
         'evidence="conns=300>200"'
     )
+
+
+def test_a_refused_batch_leaves_no_journal_claim_no_log_line_and_closes_nothing(tmp_path: Path) -> None:
+    from sipops.host.monitor.ban import BanBackendError
+
+    rig = Rig(tmp_path)
+    rig.watcher.start()
+
+    run = rig.nft.run
+
+    def refuse(batch: str) -> str:
+        if batch.startswith("add element"):
+            raise BanBackendError("nft: Error: Could not process rule: No buffer space available")
+        return run(batch)
+
+    rig.nft.run = refuse  # type: ignore[method-assign]
+    rig.tables.append(table(FLOOD))
+    result = rig.watcher.poll()
+    assert result.banned == [] and result.errors == ["nft: Error: Could not process rule: No buffer space available"]
+    assert rig.journal.live() == [] and rig.closed == [] and rig.events == []

@@ -274,6 +274,21 @@ class NftBackend:
         """Bans from the journal with the time they have left (`expires`), in one transaction."""
         self._run(_statements("add", _grouped(_element(b, remaining=True) for b in bans)))
 
+    # One element as SQL over the journal's live bans (address, rule; t: total seconds, l: seconds left), so
+    # a restore's elements are rendered by SQLite (Journal.live_elements), as restore() writes them.
+    ELEMENT_SQL = "address || ' timeout ' || t || 's expires ' || l || 's comment \"' || rule || '\"'"
+
+    def restore_rendered(self, groups: Iterable[tuple[str, str, str]], bans: Sequence[Ban] = ()) -> None:
+        """restore() of elements rendered with ELEMENT_SQL (groups: an address of the group, its rule, the
+        elements joined with ", "), plus `bans`, in one transaction."""
+        lines = []
+        for sample, rule, elements in groups:
+            comment = _comment(rule)
+            if comment != rule:  # the journal holds the rule as given; the kernel gets the cleaned comment
+                elements = elements.replace(f'comment "{rule}"', f'comment "{comment}"')
+            lines.append(f"add element {TABLE} {set_for(sample)} {{ {elements} }}")
+        self._run(lines + _statements("add", _grouped(_element(b, remaining=True) for b in bans)))
+
     def refresh(self, bans: Sequence[Ban]) -> None:
         """A new timeout for elements that may be live: add (so delete cannot fail) + delete + add."""
         short = _grouped((set_for(b.address), f"{b.address} timeout 1s") for b in bans)

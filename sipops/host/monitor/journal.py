@@ -166,6 +166,29 @@ class Journal:
         query = "SELECT address, rule, since, until FROM bans WHERE unbanned = 0 AND until > ?"
         return self.db.execute(query, (self.clock(),)).fetchall()
 
+    def live_until(self) -> dict[str, float]:
+        """address -> until of the live bans (the watcher's map of what is banned), straight from the cursor."""
+        query = "SELECT address, until FROM bans WHERE unbanned = 0 AND until > ?"
+        return dict(self.db.execute(query, (self.clock(),)))
+
+    def live_elements(self, element_sql: str, max_timeout: int, separator: str = ", ") -> list[tuple[str, str, str]]:
+        """The live bans rendered by SQLite in groups: (one address of the group, rule, its elements joined).
+
+        element_sql: an SQL expression over the columns address, rule, t (the ban's total seconds, 1 to
+        max_timeout) and l (seconds left, 1 to t). A group shares the rule and the kind of address (IPv4 or
+        IPv6, host or network), so it goes to one kernel set with one comment. A restore of 100k bans is one
+        query and a join in C instead of 100k rows, tuples and strings in Python (0.1 s, not 0.35).
+        """
+        query = (
+            f"SELECT min(address), rule, group_concat({element_sql}, ?) FROM ("
+            " SELECT address, rule, t, max(1, min(t, CAST(round(until - ?) AS INTEGER))) AS l FROM ("
+            "  SELECT address, rule, until, max(1, min(?, CAST(round(until - since) AS INTEGER))) AS t"
+            "  FROM bans WHERE unbanned = 0 AND until > ?))"
+            " GROUP BY instr(address, ':') > 0, instr(address, '/') > 0, rule"
+        )
+        now = self.clock()
+        return self.db.execute(query, (separator, now, max_timeout, now)).fetchall()
+
     def all(self) -> list[BanRecord]:
         return [_record(r) for r in self.db.execute("SELECT * FROM bans ORDER BY since")]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import syslog
+import threading
 import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from sipops.host.monitor import kernelbans, procnet
 from sipops.host.monitor import scan as scanner
 from sipops.host.monitor.allow import Allowlist
-from sipops.host.monitor.ban import Ban, BanBackend, BanBackendError
+from sipops.host.monitor.ban import MAX_TIMEOUT, Ban, BanBackend, BanBackendError, NftBackend
 from sipops.host.monitor.crowdsec import LocalBan
 from sipops.host.monitor.journal import BanRecord, Journal, NewBan
 from sipops.host.monitor.rules import ALERT, BAN, RuleEngine, Thresholds, Verdict, escalate, spare_in_grace
@@ -203,29 +204,39 @@ class Watcher:
 
     def reassert(self) -> int:
         """Re-add every live journal ban with its remaining time (idempotent for elements still there)."""
-        rows = self._reload_live()
         if self.backend is None:
+            self._reload_live()
             return 0
-        now = self.clock()
-        self.backend.start()  # a wiped table is declared again
-        bans = [
-            Ban(a, max(1, round(until - since)), rule, max(1, round(until - now))) for a, rule, since, until in rows
-        ]
-        if self.fleet is not None:  # the LAPI's decisions applied here go back too
-            bans += self.fleet.live_bans()
-        self.backend.restore(bans)
+        backend = self.backend
+        backend.start()  # a wiped table is declared again
+        extra = self.fleet.live_bans() if self.fleet is not None else []  # the LAPI's decisions applied here
+        if self.journal is not None and isinstance(backend, NftBackend):
+            # 100k elements rendered by SQLite in one query; the kernel takes them in a thread while the
+            # watcher's map of live bans loads: the restore costs about what `nft -f` of them does.
+            groups = self.journal.live_elements(NftBackend.ELEMENT_SQL, MAX_TIMEOUT)
+            kernel = _Background(lambda: backend.restore_rendered(groups, extra))
+            try:
+                self._reload_live()
+            finally:
+                failed = kernel.wait()
+            if failed is not None:
+                raise failed
+        else:
+            self._reload_live()
+            now = self.clock()
+            rows = self.journal.live_rows() if self.journal is not None else []
+            bans = [Ban(a, max(1, round(u - s)), rule, max(1, round(u - now))) for a, rule, s, u in rows]
+            backend.restore(bans + extra)
         if self.journal is not None:
             self.journal.prune(older_than=30 * 86400)  # history kept for the escalation count, not forever
         self._next_reassert = self.monotonic() + self.config.reassert_every
-        return len(rows)
+        return len(self.live)
 
-    def _reload_live(self) -> list[tuple[str, str, float, float]]:
+    def _reload_live(self) -> None:
         if self.journal is None:
-            return []
-        rows = self.journal.live_rows()
-        self.live = {row[0]: row[3] for row in rows}
+            return
+        self.live = self.journal.live_until()
         self._journal_version = self.journal.version()
-        return rows
 
     def poll(self) -> PollResult:
         """One round: see the module docstring."""
@@ -337,14 +348,24 @@ class Watcher:
         if self.backend is None or self.journal is None:  # report only
             result.banned = [BanRecord(b.address, b.rule, b.evidence, now, now + b.seconds, 1, False) for b in wanted]
             return result
-        records = self.journal.record(wanted, forgive_after=self.config.forgive_after, previous=previous)
-        returning = any(r.address in previous for r in records)
+        # A returning address may still have a kernel element (e.g. from the SYN meter): refresh replaces it.
+        apply = self.backend.refresh if previous or fleet_bans else self.backend.ban
+        # The kernel's batch runs in a thread while the journal writes: libnftables (ctypes) and `nft -f`
+        # release the GIL, as SQLite does, so a 10k-ban poll costs the longer of the two, not their sum.
+        bans = [Ban(b.address, b.seconds, b.rule, b.seconds) for b in wanted] + list(fleet_bans)
+        kernel = _Background(lambda: apply(bans))
         try:
-            # A returning address may still have a kernel element (e.g. from the SYN meter): refresh replaces it.
-            apply = self.backend.refresh if returning or fleet_bans else self.backend.ban
-            apply([_ban_of(r, now) for r in records] + list(fleet_bans))
-        except BanBackendError as exc:
-            result.errors.append(str(exc))
+            records = self.journal.record(wanted, forgive_after=self.config.forgive_after, previous=previous)
+            # formatted while the batch runs too; logged once it is in
+            lines = [
+                format_event("ban", r.address, r.rule, r.until, r.evidence, seconds=round(r.until - r.since),
+                             count=r.count)
+                for r in records
+            ]  # fmt: skip
+        finally:
+            failed = kernel.wait()
+        if failed is not None:
+            result.errors.append(str(failed))
             self.journal.unban(r.address for r in records)  # the journal must not claim what the kernel lacks
             return result
         result.apply_seconds = time.perf_counter() - started
@@ -360,12 +381,8 @@ class Watcher:
             self.fleet.queue(
                 LocalBan(r.address, round(r.until - r.since), r.rule, r.evidence, r.since) for r in records
             )
-        for r in records:
-            self.events(
-                format_event(
-                    "ban", r.address, r.rule, r.until, r.evidence, seconds=round(r.until - r.since), count=r.count
-                )
-            )
+        for line in lines:
+            self.events(line)
         result.banned = records
         return result
 
@@ -433,6 +450,26 @@ def _evidence(v: Verdict) -> str:
     return f"{v.evidence}{port}".strip()
 
 
-def _ban_of(r: BanRecord, now: float) -> Ban:
-    total = max(1, round(r.until - r.since))
-    return Ban(r.address, total, r.rule, remaining=max(1, round(r.until - now)))
+class _Background:
+    """write() in a thread (a kernel batch: libnftables and `nft -f` release the GIL, as SQLite does, so the
+    journal's work runs beside it on the second core); wait() joins it and returns its BanBackendError."""
+
+    def __init__(self, write: Callable[[], None]) -> None:
+        self._error: BanBackendError | None = None
+        self._other: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(write,), name="sipops-ban", daemon=True)
+        self._thread.start()
+
+    def _run(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BanBackendError as exc:
+            self._error = exc
+        except BaseException as exc:  # a bug: raised again in the watcher's thread
+            self._other = exc
+
+    def wait(self) -> BanBackendError | None:
+        self._thread.join()
+        if self._other is not None:
+            raise self._other
+        return self._error
