@@ -152,24 +152,34 @@ def socket_owners(inodes: AbstractSet[int], max_fds: int = 2_000_000) -> dict[in
         pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return owners
+    readlink = os.readlink
     for pid in sorted(pids):
-        fd_dir = f"/proc/{pid}/fd"
+        # Links are read relative to the fd directory: the walk costs what the kernel's readlink does
+        # (~5 us a link, 0.55 s at 100k sockets), not a /proc path lookup more for each.
         try:
-            entries = os.listdir(fd_dir)
+            dir_fd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
         except OSError:  # gone, or not ours to read
             continue
-        for fd in entries:
-            budget -= 1
-            if budget < 0:
-                return owners
-            try:
-                link = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inode = int(link[8:-1])
-                if inode in inodes:
-                    owners.setdefault(inode, []).append(pid)
+        try:
+            entries = os.listdir(dir_fd)
+            if len(entries) > budget:
+                entries = entries[:budget]
+            budget -= len(entries)
+            for fd in entries:
+                try:
+                    link = readlink(fd, dir_fd=dir_fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inode = int(link[8:-1])
+                    if inode in inodes:
+                        owners.setdefault(inode, []).append(pid)
+        except OSError:
+            continue
+        finally:
+            os.close(dir_fd)
+        if budget <= 0:
+            break
     return owners
 
 
