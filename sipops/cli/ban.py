@@ -14,6 +14,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
+from sipops.cli.options import bad_input
 from sipops.errors import ExitCode, InputError
 
 JournalOpt = Annotated[
@@ -24,9 +25,7 @@ MAX_PORT_ROWS = 12
 AllowOpt = Annotated[list[str] | None, typer.Option("--allow", help="Never ban this IP/CIDR/name (repeat)")]
 
 
-def _fail(exc: InputError) -> None:
-    typer.echo(f"sipops: error: {exc}", err=True)
-    raise typer.Exit(ExitCode.BAD_INPUT)
+_fail = bad_input  # the one error line (sipops.cli.options), exit 2
 
 
 MAX_BAN_SECONDS = 365 * 86400  # a year: longer is a firewall rule, not a ban
