@@ -144,11 +144,20 @@ def test_nothing_to_do_runs_nothing() -> None:
     assert rec.batches == []
 
 
-def test_intact_is_a_get_of_the_canary() -> None:
-    rec = RecordingNft()
+class CanaryNft(RecordingNft):
+    """`create element` of the canary refused as nft refuses it while it exists."""
+
+    def run(self, batch: str) -> str:
+        self.batches.append(batch)
+        raise BanBackendError("nft: Error: Could not process rule: File exists")
+
+
+def test_intact_creates_the_canary_and_reads_file_exists_as_intact_without_listing_the_set() -> None:
+    rec = CanaryNft()
     assert NftBackend(rec).intact() is True
-    assert rec.batches == [f"get element {T} ban4 {{ 0.0.0.1 }}"]
-    assert NftBackend(RecordingNft(fail="get element")).intact() is False
+    assert rec.batches == [f'create element {T} ban4 {{ 0.0.0.1 timeout 2592000s comment "sipops-canary" }}']
+    assert NftBackend(RecordingNft()).intact() is False  # created: it was gone (and is planted again)
+    assert NftBackend(RecordingNft(fail="create element")).intact() is False  # no table or set
 
 
 class RecordingRunner:

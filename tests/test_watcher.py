@@ -35,11 +35,11 @@ class RecordingNft:
         if batch.startswith("list table"):
             self.listings += 1
             return self.listing
-        if batch.startswith("get element"):
-            if not self.canary:
+        if batch.startswith("create element"):  # the canary check: refused while the canary is there
+            if self.canary:
                 from sipops.host.monitor.ban import BanBackendError
 
-                raise BanBackendError("nft: Error: No such file or directory")
+                raise BanBackendError("nft: Error: Could not process rule: File exists")
             return ""
         self.batches.append(batch)
         return ""

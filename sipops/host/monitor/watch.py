@@ -350,13 +350,25 @@ class Watcher:
             return result
         # A returning address may still have a kernel element (e.g. from the SYN meter): refresh replaces it.
         apply = self.backend.refresh if previous or fleet_bans else self.backend.ban
-        # The kernel's batch runs in a thread while the journal writes: libnftables (ctypes) and `nft -f`
-        # release the GIL, as SQLite does, so a 10k-ban poll costs the longer of the two, not their sum.
         bans = [Ban(b.address, b.seconds, b.rule, b.seconds) for b in wanted] + list(fleet_bans)
-        kernel = _Background(lambda: apply(bans))
+        close = self.closer if self.config.close_connections else None
+        closed: list[int] = []
+
+        def kernel_side() -> None:
+            apply(bans)
+            if close is not None:  # once the kernel drops their packets: a client reconnecting meets the ban
+                try:
+                    closed.append(close([b.address for b in wanted]))
+                except OSError as exc:
+                    result.errors.append(f"closing connections: {exc}")
+
+        # The kernel's batch and the connections' close run in a thread while the journal writes and the
+        # log lines are formatted: libnftables (ctypes), `nft -f`, sock_diag and SQLite release the GIL, so a
+        # 10k-ban poll costs the longer side, not the sum (a journal that fails after the kernel took the
+        # bans leaves kernel elements that expire on their own).
+        kernel = _Background(kernel_side)
         try:
             records = self.journal.record(wanted, forgive_after=self.config.forgive_after, previous=previous)
-            # formatted while the batch runs too; logged once it is in
             lines = [
                 format_event("ban", r.address, r.rule, r.until, r.evidence, seconds=round(r.until - r.since),
                              count=r.count)
@@ -369,14 +381,10 @@ class Watcher:
             self.journal.unban(r.address for r in records)  # the journal must not claim what the kernel lacks
             return result
         result.apply_seconds = time.perf_counter() - started
+        result.closed = sum(closed)
         for r in records:
             self.live[r.address] = r.until
         self._journal_version = self.journal.version()
-        if self.config.close_connections:
-            try:
-                result.closed = self.closer([r.address for r in records])
-            except OSError as exc:
-                result.errors.append(f"closing connections: {exc}")
         if self.fleet is not None:
             self.fleet.queue(
                 LocalBan(r.address, round(r.until - r.since), r.rule, r.evidence, r.since) for r in records
