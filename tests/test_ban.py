@@ -233,3 +233,22 @@ def test_durations_round_trip() -> None:
     assert format_duration(5400) == "1h30m"
     with pytest.raises(ValueError):
         parse_duration("10 minutes")
+
+
+class ChainsNft(RecordingNft):
+    def run(self, batch: str) -> str:
+        self.batches.append(batch)
+        return (
+            "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n}\n"
+            "table inet sipops {\n\tchain watch {\n\t\ttype filter hook input priority filter - 20; policy accept;\n"
+            "\t}\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n}\n"
+        )
+
+
+def test_has_chain_reads_the_chain_names_not_the_table() -> None:
+    from sipops.host.monitor.ban import has_chain
+
+    rec = ChainsNft()
+    assert has_chain(rec) and has_chain(rec, "watch") and not has_chain(rec, "forward")
+    assert rec.batches == ["list chains inet"] * 3
+    assert not has_chain(RecordingNft(fail="list chains"))
