@@ -62,18 +62,17 @@ def schedule(inv: Inventory, host: Host, values: dict[str, Any]) -> HostRender:
 
 
 def command_for(runner_factory: RunnerFactory, host: Host, opts: PushOptions) -> str | None:
-    """What the schedule runs: None (the default, `<sipops_bin> health`) when sipops is installed,
-    else python3 with the zipapp. One agent run answers (its facts op, asked for two commands)."""
-    sipops_bin = str(host.vars["sipops_bin"])
+    """What the schedule runs: None (the default, `<sipops_bin> health`) when sipops is installed, else
+    the host's python3 with the zipapp. One agent run answers (its facts op, asked for two commands);
+    a host without python3 cannot run the agent: RemoteError says so."""
+    sipops_bin = opts.root + str(host.vars["sipops_bin"])
     runner = runner_factory()
     try:
-        req = {"op": "facts", "root": opts.root, "commands": [opts.root + sipops_bin, "python3"]}
+        req = {"op": "facts", "root": opts.root, "commands": [sipops_bin, "python3"]}
         found = call(runner, req, timeout=60).get("commands", {})
     finally:
         runner.close()
-    if found.get(opts.root + sipops_bin):
-        return None
-    return f"{found['python3']} {host.vars['health_zipapp']}" if found.get("python3") else ""
+    return None if found.get(sipops_bin) else f"{found.get('python3') or 'python3'} {host.vars['health_zipapp']}"
 
 
 def _push(
@@ -103,8 +102,6 @@ def install(
         command = command_for(runner_factory, host, opts)
     except RemoteError as exc:
         return CronResult(host.name, False, error=str(exc))
-    if command == "":
-        return CronResult(host.name, False, error=f"neither {host.vars['sipops_bin']} nor python3 on the host")
     return _push(runner_factory, inv, host, schedule_vars(timer=timer, alert_cmd=alert_cmd, command=command), opts)
 
 
