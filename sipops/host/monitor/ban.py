@@ -20,11 +20,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 # The sets are declared once, in nftsets.py; these names stay importable from here.
 from sipops.host.monitor.nftsets import BAN_SETS as BAN_SETS
@@ -185,15 +186,30 @@ class NftCliExecutor:
         self.env = {**os.environ, "LC_ALL": "C"}  # errors in English: intact() reads "File exists"
 
     def run(self, batch: str) -> str:
+        # The batch goes in as a file, not through a pipe: subprocess feeds a pipe 512 bytes per turn of
+        # its loop, which in the watcher's kernel-side thread waits for the GIL each turn (a 10k-ban batch
+        # is 460 kB: 900 turns, measured 0.2 s slower beside the journal's transaction).
         try:
-            proc = subprocess.run(
-                self.argv, input=batch, capture_output=True, text=True, check=False, timeout=60, env=self.env
-            )
+            with _batch_file(batch) as stdin:
+                proc = subprocess.run(
+                    self.argv, stdin=stdin, capture_output=True, text=True, check=False, timeout=60, env=self.env
+                )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise BanBackendError(f"nft: {exc}") from None
         if proc.returncode != 0:
             raise BanBackendError(f"nft: {_last_line(proc.stderr, batch)}")
         return proc.stdout
+
+
+def _batch_file(batch: str) -> BinaryIO:
+    """The batch in an anonymous file (memfd: in memory), positioned at its start."""
+    try:
+        f: BinaryIO = open(os.memfd_create("sipops-nft", os.MFD_CLOEXEC), "w+b")  # noqa: SIM115 (the caller's with)
+    except (AttributeError, OSError):  # no memfd (old kernel): an unlinked temporary file
+        f = tempfile.TemporaryFile()  # noqa: SIM115 (the caller's with)
+    f.write(batch.encode())
+    f.seek(0)
+    return f
 
 
 def _last_line(err: str, batch: str) -> str:
