@@ -14,7 +14,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
-from sipops.cli.options import bad_input
+from sipops.cli.options import JsonOpt, bad_input
 from sipops.errors import ExitCode, InputError
 
 JournalOpt = Annotated[
@@ -239,7 +239,7 @@ def unban_command(
 
 
 def bans_command(
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    as_json: JsonOpt = False,
     show_all: Annotated[bool, typer.Option("--all", help="Expired and lifted bans too")] = False,
     journal: JournalOpt = None,
     backend: BackendOpt = "auto",
