@@ -116,7 +116,7 @@ def test_elements_rendered_by_sqlite_are_what_restore_writes_from_ban_objects(tm
     NftBackend(by_objects).restore(
         [Ban(a, max(1, round(u - s)), rule, max(1, round(u - clock.t))) for a, rule, s, u in rows]
     )
-    NftBackend(by_sql).restore_rendered(j.live_elements(NftBackend.ELEMENT_SQL, MAX_TIMEOUT))
+    NftBackend(by_sql).restore_rendered(j.live_elements(NftBackend.ELEMENT_SQL, MAX_TIMEOUT), j.live_rules())
 
     def elements(batch: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}

@@ -298,14 +298,16 @@ class NftBackend:
     # a restore's elements are rendered by SQLite (Journal.live_elements), as restore() writes them.
     ELEMENT_SQL = "address || ' timeout ' || t || 's expires ' || l || 's comment \"' || rule || '\"'"
 
-    def restore_rendered(self, groups: Iterable[tuple[str, str, str]], bans: Sequence[Ban] = ()) -> None:
-        """restore() of elements rendered with ELEMENT_SQL (groups: an address of the group, its rule, the
-        elements joined with ", "), plus `bans`, in one transaction."""
+    def restore_rendered(
+        self, groups: Iterable[tuple[str, str]], rules: Iterable[str] = (), bans: Sequence[Ban] = ()
+    ) -> None:
+        """restore() of elements rendered with ELEMENT_SQL (groups: an address of the group's kind, the
+        elements joined with ", "; rules: the rules they name), plus `bans`, in one transaction."""
+        dirty = [(f'comment "{r}"', f'comment "{_comment(r)}"') for r in rules if _comment(r) != r]
         lines = []
-        for sample, rule, elements in groups:
-            comment = _comment(rule)
-            if comment != rule:  # the journal holds the rule as given; the kernel gets the cleaned comment
-                elements = elements.replace(f'comment "{rule}"', f'comment "{comment}"')
+        for sample, elements in groups:
+            for raw, clean in dirty:  # the journal holds a rule as given; the kernel gets the cleaned comment
+                elements = elements.replace(raw, clean)
             lines.append(f"add element {TABLE} {set_for(sample)} {{ {elements} }}")
         self._run(lines + _statements("add", _grouped(_element(b, remaining=True) for b in bans)))
 

@@ -171,23 +171,33 @@ class Journal:
         query = "SELECT address, until FROM bans WHERE unbanned = 0 AND until > ?"
         return dict(self.db.execute(query, (self.clock(),)))
 
-    def live_elements(self, element_sql: str, max_timeout: int, separator: str = ", ") -> list[tuple[str, str, str]]:
-        """The live bans rendered by SQLite in groups: (one address of the group, rule, its elements joined).
+    def live_elements(self, element_sql: str, max_timeout: int, separator: str = ", ") -> list[tuple[str, str]]:
+        """The live bans rendered by SQLite, by kind of address: (one address of the kind, its elements joined).
 
         element_sql: an SQL expression over the columns address, rule, t (the ban's total seconds, 1 to
-        max_timeout) and l (seconds left, 1 to t). A group shares the rule and the kind of address (IPv4 or
-        IPv6, host or network), so it goes to one kernel set with one comment. A restore of 100k bans is one
-        query and a join in C instead of 100k rows, tuples and strings in Python (0.1 s, not 0.35).
+        max_timeout) and l (seconds left, 1 to t). The kinds (IPv4 or IPv6, host or network) are what
+        decides a kernel set. A restore of 100k bans is four queries and joins in C instead of 100k rows,
+        tuples and strings in Python; one query per kind, not a GROUP BY: sorting 100k rendered rows into
+        groups costs more than rendering them (0.24 s against 0.1, measured).
         """
-        query = (
-            f"SELECT min(address), rule, group_concat({element_sql}, ?) FROM ("
-            " SELECT address, rule, t, max(1, min(t, CAST(round(until - ?) AS INTEGER))) AS l FROM ("
-            "  SELECT address, rule, until, max(1, min(?, CAST(round(until - since) AS INTEGER))) AS t"
-            "  FROM bans WHERE unbanned = 0 AND until > ?))"
-            " GROUP BY instr(address, ':') > 0, instr(address, '/') > 0, rule"
-        )
         now = self.clock()
-        return self.db.execute(query, (separator, now, max_timeout, now)).fetchall()
+        out = []
+        for kind in _ADDRESS_KINDS:
+            query = (
+                f"SELECT min(address), group_concat({element_sql}, ?) FROM ("
+                " SELECT address, rule, t, max(1, min(t, CAST(round(until - ?) AS INTEGER))) AS l FROM ("
+                "  SELECT address, rule, until, max(1, min(?, CAST(round(until - since) AS INTEGER))) AS t"
+                f"  FROM bans WHERE unbanned = 0 AND until > ? AND {kind}))"
+            )
+            sample, elements = self.db.execute(query, (separator, now, max_timeout, now)).fetchone()
+            if sample is not None:
+                out.append((sample, elements))
+        return out
+
+    def live_rules(self) -> set[str]:
+        """The rules of the live bans (a few names: what a restore checks before using them as comments)."""
+        query = "SELECT DISTINCT rule FROM bans WHERE unbanned = 0 AND until > ?"
+        return {row[0] for row in self.db.execute(query, (self.clock(),))}
 
     def all(self) -> list[BanRecord]:
         return [_record(r) for r in self.db.execute("SELECT * FROM bans ORDER BY since")]
@@ -214,6 +224,15 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+# IPv4 host, IPv6 host, IPv4 network, IPv6 network: one kernel set each (ban.set_for).
+_ADDRESS_KINDS = (
+    "instr(address, ':') = 0 AND instr(address, '/') = 0",
+    "instr(address, ':') > 0 AND instr(address, '/') = 0",
+    "instr(address, ':') = 0 AND instr(address, '/') > 0",
+    "instr(address, ':') > 0 AND instr(address, '/') > 0",
+)
 
 
 def _record(row: tuple[str, str, str, float, float, int, int]) -> BanRecord:

@@ -214,7 +214,8 @@ class Watcher:
             # 100k elements rendered by SQLite in one query; the kernel takes them in a thread while the
             # watcher's map of live bans loads: the restore costs about what `nft -f` of them does.
             groups = self.journal.live_elements(NftBackend.ELEMENT_SQL, MAX_TIMEOUT)
-            kernel = _Background(lambda: backend.restore_rendered(groups, extra))
+            rules = self.journal.live_rules()
+            kernel = _Background(lambda: backend.restore_rendered(groups, rules, extra))
             try:
                 self._reload_live()
             finally:
