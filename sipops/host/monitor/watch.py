@@ -1,9 +1,10 @@
 """The watcher: scan, rules, SIP log, then bans in one kernel batch per poll, journaled and logged.
 
 poll(): scan (cookies of the last poll -> new connections) -> verdicts (rules + OpenSIPS log) -> the
-allowlist turns bans of its addresses into alerts -> escalation from the journal's count -> journal,
-then ONE backend batch (ban for new elements, refresh for live ones) -> the addresses' connections
-closed (SOCK_DESTROY) -> one syslog line per ban. Without `ban` it only reports what it would ban.
+allowlist turns bans of its addresses into alerts -> escalation from the journal's count -> ONE backend
+batch (ban for new elements, refresh for live ones), then the addresses' connections closed
+(SOCK_DESTROY), in a thread beside the journal's transaction -> one syslog line per ban (a refused
+batch is taken back out of the journal). Without `ban` it only reports what it would ban.
 
 Full scans only when a rule could fire: dumping every socket each second is most of the watcher's
 CPU on a proxy holding 10k connections (the kernel walks and serialises each one). Between full
