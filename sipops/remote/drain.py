@@ -130,7 +130,7 @@ class DrainReport:
         if not self.drained:
             return ""
         where = ", ".join(self.where())
-        waited = f" {self.waited:.1f}s" if self.waited is not None else ""
+        waited = f" (waited {self.waited:.1f}s)" if self.waited is not None else ""
         if self.left:
             return f"drained on {where}{waited}; NOT PUT BACK: {'; '.join(self.left)}"
         return f"drained on {where}{waited}, put back {'/'.join(dict.fromkeys(self.back))}"
@@ -176,6 +176,8 @@ class Drainer:
                     self._wait(rendered, runner, report, log, name)
             except DrainAborted as exc:
                 result = HostResult(name, "failed", reason=str(exc))
+            except RemoteError as exc:  # the wait's connection to the node: nothing was changed on it
+                result = HostResult(name, "failed", reason=f"{exc} while waiting for calls in setup: not restarted")
             else:
                 try:
                     result = apply()
