@@ -18,10 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from sipops.host.drain import listing
 from sipops.host.health.mi import MIError, mi_call
 from sipops.inventory import load_inventory
-from sipops.remote.drain import entries_for, host_source
-from sipops.remote.runner import LocalRunner, call
+from sipops.remote.apply import HostResult
+from sipops.remote.drain import Drainer, DrainOptions, entries_for, host_source
+from sipops.remote.plan import HostPlan
+from sipops.remote.runner import LocalRunner, RemoteError, call
 from sipops.render import render_host
 from tests import opensips_builds
 
@@ -141,3 +144,43 @@ def test_the_uris_the_drain_names_are_the_ones_the_balancer_runs(balancer: tuple
     assert (e.engine, e.url, e.uri) == (engine, url, GW1)
     [row] = _lb_state(engine, url, "inactive", e.uri)
     assert row["after"] == "inactive", row
+
+
+@pytest.mark.parametrize("outcome", ["changed", "rolled back", "raises"])
+def test_the_node_is_drained_during_the_push_and_put_back_active_whatever_its_outcome(
+    balancer: tuple[str, str], tmp_path: Path, outcome: str
+) -> None:
+    engine, url = balancer
+    data = yaml.safe_load((tmp_path / "inventory.yaml").read_text())
+    # The edge's own MI is the same OpenSIPS (idle): the wait finds no call in setup at once.
+    mi_port = int(url.rsplit(":", 1)[1].split("/")[0])
+    common = ("opensips_version", "opensips_install", "opensips_prefix", "sip_listen")
+    edge_vars = {k: data["hosts"]["lb"]["vars"][k] for k in common} | {"sip_port": 25091, "mi_http_port": mi_port}
+    data["hosts"]["gw1"] = {"address": "127.0.0.1", "ssh": {"port": 2222}, "roles": ["registrar", "proxy"],
+                            "vars": edge_vars}  # fmt: skip
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(data))
+    inv = load_inventory(tmp_path / "inventory.yaml")
+    rendered = render_host(inv, inv.hosts["gw1"])
+    plan = HostPlan("gw1", [], ["restart opensips"], {"restart opensips": "systemctl restart opensips"})
+    seen: list[str] = []
+
+    def apply() -> HostResult:  # stands in for the agent run: what the balancer says meanwhile
+        seen.append(listing(url, engine)[(1, GW1)]["state"])
+        if outcome == "raises":
+            raise RemoteError("connection lost: reset by peer")
+        return HostResult(
+            "gw1", outcome, reason="gate failed; previous config restored" if outcome != "changed" else ""
+        )
+
+    lines: list[str] = []
+    drainer = Drainer(inv, lambda host: LocalRunner, DrainOptions(timeout=5))
+    result = drainer.around(rendered, plan, LocalRunner(), apply, lines.append)
+    assert seen == ["inactive"], lines
+    assert listing(url, engine)[(1, GW1)]["state"] == "active"
+    assert result.status == ("failed" if outcome == "raises" else outcome), result
+    assert "drained on lb set 1 (waited 0.0s), put back active" in result.reason, result.reason
+    assert (
+        "gw1: put back active on lb" in lines and "gw1: drained on lb set 1 sip:127.0.0.1:25091 (was active)" in lines
+    )
+    if outcome == "raises":
+        assert result.reason.startswith("connection lost: reset by peer; drained"), result.reason
