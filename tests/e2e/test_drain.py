@@ -178,3 +178,15 @@ def test_a_serial_rollout_over_both_edges_drains_them_one_at_a_time_and_loses_no
     # One at a time: h1 was back before h2 left.
     assert out.index("h1: put back active on h3") < out.index("h2: drained on h3"), out
     assert doc["failed"] == 0 and doc["answered"] == doc["attempts"], line
+
+
+def test_a_parallel_push_of_both_edges_drains_them_one_at_a_time_and_loses_no_call(dlab: DrainLab) -> None:
+    # No --serial: both hosts run at once, but the balancer's lock lets one drain at a time, so h3 always
+    # has an edge to send calls to.
+    dlab.set_vars(("h1", "h2"), sip_fr_inv_timeout=66)
+    code, out, doc, took = _push_under_load(dlab, seconds=45, hosts=("h1", "h2"))
+    line = _figures("parallel push of h1 and h2 with drain", doc, took)
+    assert code == 0, out
+    first, second = sorted(("h1", "h2"), key=lambda h: out.index(f"{h}: drained on h3"))
+    assert out.index(f"{first}: put back active on h3") < out.index(f"{second}: drained on h3"), out
+    assert doc["failed"] == 0 and doc["answered"] == doc["attempts"], line
