@@ -11,15 +11,12 @@ validated by cscli, checked again. Secrets ride on stdin only; the controller ne
 
 from __future__ import annotations
 
-import inspect
 import shlex
 from collections.abc import Callable
-from functools import cache
 from ipaddress import ip_address
 from typing import Any
 
 from sipops.errors import InputError
-from sipops.host import crowdsec_creds as crowdsec_hostprog
 from sipops.host.monitor.crowdsec import parse_url
 from sipops.inventory import Host, Inventory
 from sipops.remote.runner import RemoteError, Runner, call
@@ -121,16 +118,14 @@ def context(inv: Inventory, host: Host) -> dict[str, Any]:
     return out
 
 
-@cache
-def program() -> bytes:
-    return inspect.getsource(crowdsec_hostprog).encode()
+ENTRY = "sipops.host.crowdsec_creds:main"  # the host side, run through the one boot path (sipops.remote.ship)
 
 
 def _call(make_runner: Callable[[], Runner], request: dict[str, Any]) -> dict[str, Any]:
     runner: Runner | None = None
     try:
         runner = make_runner()
-        return call(runner, request, timeout=TIMEOUT, source=program())
+        return call(runner, request, timeout=TIMEOUT, entry=ENTRY)
     except RemoteError as exc:
         return {"ok": False, "error": str(exc)}
     except Exception as exc:  # SSH, host keys: this host fails alone

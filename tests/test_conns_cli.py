@@ -1,12 +1,10 @@
-"""`sipops conns`: table and JSON from real loopback sockets, the shipped remote script, bad input."""
+"""`sipops conns`: table and JSON from real loopback sockets, the scanner shipped by the one boot path, bad input."""
 
 from __future__ import annotations
 
 import json
-import shlex
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,9 +14,9 @@ import psutil
 import pytest
 from conftest import Cli
 
-from sipops.monitor import remote
-from sipops.monitor.remote import RemoteError, command, parse_output
-from sipops.remote.runner import Output
+from sipops.monitor.remote import ENTRY, run_report
+from sipops.remote import ship
+from sipops.remote.runner import LocalRunner, Output, ship_command
 
 
 @pytest.fixture
@@ -150,7 +148,8 @@ def test_remote_host_gets_the_scanner_shipped_and_its_inventory_limit(
     assert report["host"] == "sip1" and report["ports"][0]["total"] == 4
     assert report["limits"]["tcp_max_connections"] == 777
     assert report["limits"]["tcp_max_connections_from"] == "inventory"
-    assert len(doubles[0].commands) == 1 and doubles[0].commands[0].startswith("python3 -c ")  # one round trip
+    # One round trip; a second only when the host had to be sent the bundle (not in its code cache yet).
+    assert 1 <= len(doubles[0].commands) <= 2 and set(doubles[0].commands) == {ship_command()}
 
 
 def test_a_failing_host_is_reported_and_exits_1(
@@ -172,24 +171,13 @@ def test_a_failing_host_is_reported_and_exits_1(
     assert "sip1: error: ConnectionRefusedError" in out
 
 
-def test_shipped_script_runs_without_sipops_installed(tmp_path: Path) -> None:
-    argv = shlex.split(command({"ports": [1], "top": 1}))
-    proc = subprocess.run(
-        [sys.executable, "-I", *argv[1:]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,  # -I and another cwd: the sipops package cannot be imported
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = parse_output(proc.stdout)
+def test_the_scanner_runs_through_the_one_boot_path() -> None:
+    report = run_report(LocalRunner(), {"ports": [1], "top": 1})
     assert report["ports"][0]["port"] == 1 and report["ports"][0]["total"] == 0
-    assert set(remote.SHIPPED) == {"sockdiag", "procnet", "scan", "report"}
-
-
-def test_output_without_report_is_an_error() -> None:
-    with pytest.raises(RemoteError):
-        parse_output("Traceback ...\n")
+    assert ship.bundle(ENTRY).modules == tuple(
+        sorted(["sipops", "sipops.host", "sipops.host.monitor"] + [f"sipops.host.monitor.{m}" for m in
+               ("procnet", "report", "scan", "sockdiag")])
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("allowlist", "near"), [("[]", True), ("[127.0.0.2/32]", False)])

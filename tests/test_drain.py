@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from sipops.inventory import Inventory, load_inventory
-from sipops.remote.drain import entries_for, host_source, restarts_opensips
+from sipops.remote import ship
+from sipops.remote.drain import ENTRY, entries_for, restarts_opensips
 from sipops.remote.facts import HostFacts, RemoteFile, sha256
 from sipops.remote.plan import plan_files
 from sipops.remote.runner import LocalRunner, call
@@ -84,13 +85,18 @@ def test_a_modparam_change_restarts_and_is_drained_a_route_change_is_not(tmp_pat
     assert plan.handlers == ["reload routes"] and not restarts_opensips(before, plan)
 
 
-def test_the_shipped_program_boots_as_the_agent_does_and_says_when_mi_does_not_answer() -> None:
-    src = host_source().decode()
-    assert "from sipops" not in src.replace("    from sipops.host.sip import options_ping\n", "")
+def test_the_drain_steps_boot_through_the_one_boot_path_and_say_when_mi_does_not_answer() -> None:
+    assert ship.bundle(ENTRY).modules == (
+        "sipops",
+        "sipops.host",
+        "sipops.host.drain",
+        "sipops.host.health",
+        "sipops.host.health.mi",
+    )
     # Port 9 on loopback: nothing listens, so OpenSIPS "does not answer" (connection refused).
     req = {"op": "wait_idle", "url": "http://127.0.0.1:9/mi", "timeout": 0}
-    out = call(LocalRunner(), req, timeout=30, source=host_source())
+    out = call(LocalRunner(), req, timeout=30, entry=ENTRY)
     assert out["ok"] is False and "127.0.0.1:9" in out["error"], out
     req = {"op": "lb_state", "url": "http://127.0.0.1:9/mi", "engine": "load_balancer", "items": []}
-    out = call(LocalRunner(), req, timeout=30, source=host_source())
+    out = call(LocalRunner(), req, timeout=30, entry=ENTRY)
     assert out["ok"] is False and "127.0.0.1:9" in out["error"], out

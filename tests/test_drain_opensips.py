@@ -22,7 +22,7 @@ from sipops.host.drain import listing
 from sipops.host.health.mi import MIError, mi_call
 from sipops.inventory import load_inventory
 from sipops.remote.apply import HostResult
-from sipops.remote.drain import Drainer, DrainOptions, entries_for, host_source
+from sipops.remote.drain import ENTRY, Drainer, DrainOptions, entries_for
 from sipops.remote.plan import HostPlan
 from sipops.remote.runner import LocalRunner, RemoteError, call
 from sipops.render import render_host
@@ -102,7 +102,7 @@ def balancer(request: pytest.FixtureRequest, tmp_path: Path, opensips_prefix: Pa
 
 def _lb_state(engine: str, url: str, want: str, *uris: str) -> list[dict[str, Any]]:
     req = {"op": "lb_state", "url": url, "engine": engine, "items": [{"set": 1, "uri": u, "want": want} for u in uris]}
-    out = call(LocalRunner(), req, timeout=30, source=host_source())
+    out = call(LocalRunner(), req, timeout=30, entry=ENTRY)
     assert out["ok"], out
     return list(out["items"])
 
@@ -127,7 +127,7 @@ def test_a_destination_goes_inactive_and_back_and_the_last_active_one_is_never_d
 
 def test_an_idle_node_is_idle_at_once_with_its_counters(balancer: tuple[str, str]) -> None:
     engine, url = balancer
-    out = call(LocalRunner(), {"op": "wait_idle", "url": url, "timeout": 5}, timeout=30, source=host_source())
+    out = call(LocalRunner(), {"op": "wait_idle", "url": url, "timeout": 5}, timeout=30, entry=ENTRY)
     assert out["ok"] and out["idle"] and out["counts"]["tm:inuse_transactions"] == 0, out
     if engine == "load_balancer":  # it needs the dialog module, whose counters are read too
         assert out["counts"]["dialog:early_dialogs"] == 0 and "dialog:active_dialogs" in out["counts"], out

@@ -1,8 +1,7 @@
-"""Shipping the checks to bare hosts (python3 - and the zipapp), the CLI, and cron install/remove."""
+"""Shipping the checks to bare hosts (the one boot path and the zipapp), the CLI, and cron install/remove."""
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import subprocess
@@ -12,37 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from sipops.health import bundle, cron
-from sipops.health.remote import host_config, parse_reply
+from sipops.health.remote import ENTRY, host_config, parse_reply
 from sipops.health.run import check_hosts
 from sipops.host.health.config import HealthConfig, Socket
 from sipops.inventory import load_inventory
+from sipops.remote import ship
 from sipops.remote.apply import PushOptions, list_backups
 from sipops.remote.facts import gather
 from sipops.remote.plan import CREATE, REMOVE, UNCHANGED, plan_host
-from sipops.remote.runner import LocalRunner
+from sipops.remote.runner import LocalRunner, call
 from sipops.render import render_host
 from tests.conftest import Cli
 
 STDLIB = set(sys.stdlib_module_names)
 ZIPAPP = "/usr/local/lib/sipops/sipops-health.pyz"  # health_zipapp's default (roles/common.yaml)
-
-
-def test_shipped_modules_import_only_the_standard_library_and_each_other() -> None:
-    for name in bundle.MODULES:
-        path, _ = bundle.module_file(name)
-        # Module-level imports only: optional ones inside functions are guarded (psutil, the scanner).
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                continue
-            for target in targets:
-                top = target.split(".")[0]
-                ok = top in STDLIB or top == "__future__" or target in bundle.MODULES
-                ok = ok or (top == "sipops" and any(target.startswith(m + ".") for m in bundle.MODULES))
-                assert ok, f"{name} imports {target}, which a bare host does not have"
 
 
 def _config(tmp_path: Path) -> dict[str, Any]:
@@ -52,15 +34,23 @@ def _config(tmp_path: Path) -> dict[str, Any]:
     return cfg.as_dict()
 
 
-def test_python3_dash_script_runs_the_checks_and_answers_json(tmp_path: Path) -> None:
-    script = bundle.remote_script({"config": _config(tmp_path), "state_name": "remote"})
-    # -I: isolated from this checkout, as on a host without sipops.
-    proc = subprocess.run([sys.executable, "-I", "-"], input=script, capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    report = parse_reply("bare", proc.stdout)
+def test_the_checks_run_through_the_boot_path_and_answer_a_report(tmp_path: Path) -> None:
+    payload = {"config": _config(tmp_path), "state_name": "remote"}
+    report = parse_reply("bare", call(LocalRunner(), payload, timeout=60, entry=ENTRY))
     assert [c.name for c in report.checks] == ["log_errors", "disk"]
     assert (tmp_path / "state" / "remote.json").is_file()
+
+
+def test_the_zipapp_is_the_same_bundle_as_files() -> None:
+    import io
+    import zipfile
+
+    pyz = bundle.zipapp_bytes()
+    names = zipfile.ZipFile(io.BytesIO(pyz[pyz.index(b"PK") :])).namelist()
+    shipped = ship.bundle(ENTRY).modules
+    assert sorted(n for n in names if n != "__main__.py") == sorted(
+        "/".join(m.split(".")) + ("/__init__.py" if ship.module_file(m)[1] else ".py") for m in shipped
+    )
 
 
 def test_zipapp_runs_with_python3_alone(tmp_path: Path) -> None:
@@ -78,10 +68,10 @@ def test_zipapp_runs_with_python3_alone(tmp_path: Path) -> None:
 
 
 def test_remote_reply_without_a_report_is_unknown() -> None:
-    report = parse_reply("h1", "Traceback ...\n")
+    report = parse_reply("h1", {"ok": False})
     assert report.status.name == "UNKNOWN" and report.checks[0].name == "ssh"
-    old = parse_reply("h1", json.dumps({"error": "python3 here is 3.6; sipops health needs 3.9 or later"}))
-    assert "3.9" in old.checks[0].message
+    bad = parse_reply("h1", {"report": {}, "error": "health.json: bad field"})
+    assert "bad field" in bad.checks[0].message
 
 
 INVENTORY = """

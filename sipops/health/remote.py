@@ -1,4 +1,4 @@
-"""`sipops health HOST…`: the checks run ON each host (python3 -, one SSH round trip); the hosts go through
+"""`sipops health HOST…`: the checks run ON each host (one agent run, sipops.remote.ship); the hosts go through
 the fleet executor (sipops.health.run.check_hosts).
 
 The config is the host's health.json rendered from the inventory on the controller, so thresholds
@@ -8,16 +8,16 @@ they never take the cron job's log lines or status changes away from it.
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
-from sipops.health.bundle import remote_script
 from sipops.host.health.config import HealthConfig, config_from_dict
 from sipops.host.health.model import CheckResult, Report, Status
 from sipops.inventory import Host, Inventory
-from sipops.remote.runner import Runner
+from sipops.remote.runner import RemoteError, Runner, call
 
 CONFIG_TEMPLATE = "sipops/health.json.j2"
 REMOTE_TIMEOUT = 120
+ENTRY = "sipops.host.health.main:remote_entry"
 
 
 def host_config(inv: Inventory, host: Host) -> HealthConfig:
@@ -32,31 +32,15 @@ def _failed(host: str, message: str) -> Report:
     return Report(host, [CheckResult("ssh", Status.UNKNOWN, message)])
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line; invoke's ThreadException hides the real error in its threads."""
-    inner = [w.value for w in getattr(exc, "exceptions", []) if getattr(w, "value", None) is not None]
-    if inner:
-        exc = inner[0]
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def parse_reply(host: str, stdout: str) -> Report:
-    """The report from the agent's last JSON line; an UNKNOWN report when there is none."""
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and "report" in data:
-            report = Report.from_dict(data["report"])
-            if data.get("error"):
-                return _failed(host, str(data["error"]))
-            report.host = host
-            return report
-        if isinstance(data, dict) and "error" in data:
-            return _failed(host, str(data["error"]))
-    return _failed(host, "no report from the checks on the host")
+def parse_reply(host: str, reply: dict[str, Any]) -> Report:
+    """The report in the host's reply; an UNKNOWN report when it says it has none."""
+    if reply.get("error"):
+        return _failed(host, str(reply["error"]))
+    if not isinstance(reply.get("report"), dict):
+        return _failed(host, "no report from the checks on the host")
+    report = Report.from_dict(reply["report"])
+    report.host = host
+    return report
 
 
 def run_remote(
@@ -64,10 +48,8 @@ def run_remote(
 ) -> Report:
     """Run the checks on the host behind `runner` (python3 needed there, nothing else; sudo when not root)."""
     payload = {"config": cfg.as_dict(), "state_name": state_name, "only": only or []}
-    out = runner.exec("python3 -", remote_script(payload).encode(), REMOTE_TIMEOUT)
-    if out.rc == 127:
-        return _failed(cfg.host, "python3 not found on the host")
-    if out.rc != 0:
-        lines = out.stderr.decode("utf-8", "replace").strip().splitlines()
-        return _failed(cfg.host, f"checks failed on the host: {lines[-1] if lines else out.rc}")
-    return parse_reply(cfg.host, out.stdout.decode("utf-8", "replace"))
+    try:
+        reply = call(runner, payload, timeout=REMOTE_TIMEOUT, entry=ENTRY)
+    except RemoteError as exc:
+        return _failed(cfg.host, str(exc))
+    return parse_reply(cfg.host, reply)

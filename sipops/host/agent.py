@@ -15,7 +15,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import sys
 import time
 
 # Each phase is a fresh python3 on the host, and a no-op push is one facts run per host: only what
@@ -37,17 +36,13 @@ except ImportError:
     except ImportError:
         from hashlib import sha256 as _sha256  # type: ignore[assignment,no-redef,unused-ignore]
 
-try:  # noqa: SIM105 - contextlib is not imported here; on the host sip.py's source is prepended instead
-    from sipops.host.sip import options_ping
-except ImportError:
-    pass
-
 STATE = "/var/lib/sipops"
 NEW = ".sipops-new"
 SBIN = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin"]
 
 
-def main(req: Json, stream: IO[bytes], size: int) -> None:
+def main(req: Json, stream: IO[bytes], size: int) -> Json:
+    """Entry point (sipops.remote.runner.call): the reply is printed by the boot (sipops.remote.ship)."""
     op = req["op"]
     if op == "facts":
         out = facts(req)
@@ -61,14 +56,7 @@ def main(req: Json, stream: IO[bytes], size: int) -> None:
         out = place(req, stream)
     else:
         out = {"ok": False, "error": f"unknown op {op}"}
-    reply(out)
-
-
-def reply(out: Json) -> None:
-    """The result line the controller reads: a Python literal (ast.literal_eval there), ASCII only;
-    json would cost the host an import of json and re on every run."""
-    sys.stdout.write("SIPOPS-RESULT " + ascii(out) + "\n")
-    sys.stdout.flush()
+    return out
 
 
 def _root(req: Json) -> str:
@@ -683,6 +671,8 @@ def health_gate(gate: Json, handlers: list[Json], timeout: float, root: str = ""
     a proxy holding 100k connections costs more than the whole gate. A unit that has failed (or waits
     to be restarted after failing) is not waited on.
     """
+    from sipops.host.sip import options_ping  # here: the other ops never load it
+
     units = [u for h in handlers for u in gate.get("units", {}).get(h["name"], [])]
     sip = [u for u in units if u in gate.get("sip_units", [])]
     sockets = gate.get("sockets", [])

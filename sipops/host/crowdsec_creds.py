@@ -1,4 +1,5 @@
-"""CrowdSec credentials on hosts (stdlib only): shipped by sipops.remote.runner.call() as its own program.
+"""CrowdSec credentials on hosts (stdlib only): run by
+sipops.remote.runner.call(entry="sipops.host.crowdsec_creds:main").
 
 Secrets travel in the request on stdin, never in an argument list:
 - on a fleet host, `check` logs in with the stored credentials and pulls the stream (ok, missing,
@@ -17,7 +18,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -31,15 +31,14 @@ CREDENTIALS = "/etc/sipops/crowdsec.json"
 TIMEOUT = 5.0
 
 
-def main(req: Json, stream: IO[bytes], size: int) -> None:
+def main(req: Json, stream: IO[bytes], size: int) -> Json:
     try:
         out = ACTIONS[req["action"]](req)
     except RuntimeError as exc:  # our own one-line reasons (the LAPI unreachable)
         out = {"ok": False, "error": str(exc).splitlines()[0]}
     except Exception as exc:  # the controller shows the host's reason rather than a traceback
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-    sys.stdout.write("SIPOPS-RESULT " + ascii(out) + "\n")
-    sys.stdout.flush()
+    return out
 
 
 def _http(url: str, path: str, body: Json | None = None, headers: dict[str, str] | None = None) -> tuple[int, str]:

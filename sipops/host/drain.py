@@ -5,8 +5,7 @@ load_balancer `lb_status`; both 3.4 and 3.6 take the same parameters) and read t
 node: wait, bounded, until its calls in setup end (`get_statistics` tm:inuse_transactions and, when
 the dialog module is loaded, dialog:early_dialogs).
 
-Shipped by sipops.remote.drain after the push agent (for reply()) and sipops/host/health/mi.py (the
-MI client with parameters); this module's main() is the one that runs.
+Run by sipops.remote.drain through the one boot path (sipops.remote.ship); main() is the entry point.
 """
 
 from __future__ import annotations
@@ -14,11 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-try:  # on the host the two modules' source is prepended instead
-    from sipops.host.agent import reply
-    from sipops.host.health.mi import MIError, mi_call, parse_ds_list
-except ImportError:
-    pass
+from sipops.host.health.mi import MIError, mi_call, parse_ds_list
 
 Json = dict[str, Any]
 
@@ -31,7 +26,7 @@ SHOWN_STATS = (*SETUP_STATS, "dialog:active_dialogs")
 DS_STATE = {"inactive": "i", "active": "a"}
 
 
-def main(req: Json, stream: Any, size: int) -> None:
+def main(req: Json, stream: Any, size: int) -> Json:
     op = req["op"]
     if op == "lb_state":
         out = lb_state(req)
@@ -39,7 +34,7 @@ def main(req: Json, stream: Any, size: int) -> None:
         out = wait_idle(req)
     else:
         out = {"ok": False, "error": f"unknown op {op}"}
-    reply(out)
+    return out
 
 
 def listing(url: str, engine: str) -> dict[tuple[int, str], Json]:

@@ -3,7 +3,7 @@
 Any final response (2xx-6xx) means the socket is alive: a proxy that answers 403 or 404 still
 processes SIP. Provisional responses (1xx) are skipped. A response belongs to our request only when
 its top Via branch, Call-ID and CSeq match what we sent. Standard library only: the module is
-shipped to hosts that have no sipops and run there by `python3 -`.
+shipped to hosts that have no sipops (sipops.remote.ship; install's verify step runs probe_main).
 """
 
 from __future__ import annotations
@@ -244,3 +244,16 @@ def _ping_tcp(family: socket.AddressFamily, address: str, port: int, timeout: fl
                 if resp is not None and resp.code >= 200 and matches(resp, branch, call_id):
                     rtt = time.monotonic() - started
                     return OptionsResult("tcp", address, port, True, resp.code, resp.reason, rtt)
+
+
+def probe_main(targets: list[str]) -> int:
+    """Entry point of install's verify step (argv form of sipops.remote.ship): OPTIONS to each
+    `proto:address:port`, one line each; 1 when one did not answer."""
+    bad = 0
+    for spec in targets:
+        proto, _, rest = spec.partition(":")
+        addr, _, port = rest.rpartition(":")
+        res = options_ping(proto, addr.strip("[]"), int(port), timeout=3.0)
+        print(res.describe())
+        bad += not res.alive
+    return 1 if bad else 0

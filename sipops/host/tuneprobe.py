@@ -1,7 +1,7 @@
 """Runs ON the host (python3, stdlib only): what tune-tcp needs to know, and to read back after apply.
 
-Shipped after the push agent's source (sipops.tuning.facts.probe_source), so one agent run answers
-both: the push engine's facts (files, units, validators) and these (RAM, cores, container, live
+Its bundle holds the push agent too (sipops.remote.ship), so one run answers both: the push engine's
+facts (files, units, validators) and these (RAM, cores, container, live
 sysctl values and whether they are writable here, the service's LimitNOFILE, the opensips user's
 nofile, the running OpenSIPS's limits and parameters).
 """
@@ -15,20 +15,19 @@ import re
 import subprocess
 from typing import IO, Any
 
-with contextlib.suppress(ImportError):  # on the host the push agent's source is prepended instead
-    from sipops.host.agent import facts as push_facts
-    from sipops.host.agent import reply
+from sipops.host.agent import facts as push_facts
 
 Json = dict[str, Any]
 _PARAM = re.compile(r"^\s*(tcp_max_connections|open_files_limit|tcp_workers)\s*=\s*(\d+)", re.M)
 _SHM_ARG = re.compile(r"(?:^|\s)-m\s*(\d+)")
 
 
-def main(req: Json, stream: IO[bytes], size: int) -> None:
+def main(req: Json, stream: IO[bytes], size: int) -> Json:
+    """Entry point (sipops.tuning.facts.run_probe)."""
     out = tune_facts(req)
     if req.get("push"):
         out["push"] = push_facts(req["push"])
-    reply(out)
+    return out
 
 
 def tune_facts(req: Json) -> Json:

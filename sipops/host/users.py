@@ -1,6 +1,6 @@
 """`sipops users` on the registrar host (stdlib only): read and write the subscriber table of db_url.
 
-Shipped by sipops.remote.runner.call() as its own program (source=...), the request on stdin: no
+Run by sipops.remote.runner.call(entry="sipops.host.users:main"), the request on stdin: no
 secret (HA1s, the MySQL password) is ever in an argument list. sqlite goes through python3's sqlite3;
 MySQL through the host's `mysql` client, fed statements built here (mysql_* below, unit-tested).
 
@@ -11,7 +11,6 @@ domain the realm its HA1s were computed with. The password column stays empty (c
 from __future__ import annotations
 
 import os
-import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the host
 if TYPE_CHECKING:
@@ -27,15 +26,14 @@ class StoreError(Exception):
     """The database refused or is not there; the message is the host's reason (one line)."""
 
 
-def main(req: Json, stream: IO[bytes], size: int) -> None:
+def main(req: Json, stream: IO[bytes], size: int) -> Json:
     try:
         out = run(req)
     except StoreError as exc:
         out = {"ok": False, "error": str(exc)}
     except Exception as exc:  # the controller shows the host's reason rather than a traceback
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    sys.stdout.write("SIPOPS-RESULT " + ascii(out) + "\n")
-    sys.stdout.flush()
+    return out
 
 
 def run(req: Json) -> Json:

@@ -11,23 +11,22 @@ local release tarball, the apt source list) through its place op, just before th
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sipops.host.sip
 from sipops.inventory import Host, Inventory, Origin
 from sipops.paths import cache_dir
 from sipops.provision import plan
 from sipops.provision import wheelhouse as agent
 from sipops.provision.osinfo import UnsupportedOS, detect, parse_os_release
-from sipops.provision.runner import InstallFacts, ShellRunner, gather, run_steps
+from sipops.provision.runner import InstallFacts, gather, run_steps
 from sipops.provision.steps import PhasePlan, Step, StepResult, StepWatch, q
 from sipops.remote.place import Artifact, place
 from sipops.remote.runner import OnOutput, Output, RemoteError, Runner
+from sipops.remote.ship import argv_command
 from sipops.render import HostRender, render_host
 
 
@@ -120,19 +119,11 @@ def with_operator_allowed(host: Host, facts: InstallFacts) -> Host:
 
 def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
     """Process up, every socket listening, SIP OPTIONS answered on each: run on the host."""
-    probe = inspect.getsource(sipops.host.sip) + (
-        "\nimport sys\nbad = 0\n"
-        "for spec in sys.argv[1:]:\n"
-        "    proto, _, rest = spec.partition(':')\n"
-        "    addr, _, port = rest.rpartition(':')\n"
-        "    res = options_ping(proto, addr.strip('[]'), int(port), timeout=3.0)\n"
-        "    print(res.describe())\n"
-        "    bad += not res.alive\n"
-        "sys.exit(1 if bad else 0)\n"
-    )
     log_file = str(host.vars["log_file"])
     started = f"sipops: OpenSIPS started on {host.name} "  # the cfg's startup_route writes it
-    targets = " ".join(q(f"{s['proto']}:{s['address']}:{s['port']}") for s in sockets if s["proto"] in ("udp", "tcp"))
+    specs = [f"{s['proto']}:{s['address']}:{s['port']}" for s in sockets if s["proto"] in ("udp", "tcp")]
+    targets = " ".join(q(t) for t in specs)
+    probe = " ".join(q(a) for a in argv_command("sipops.host.sip:probe_main", specs))  # the one boot path
     return PhasePlan(
         "verify",
         steps=[
@@ -141,7 +132,7 @@ def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
                 "pgrep -x opensips >/dev/null || { echo 'no opensips process'; exit 1; }",
                 verify=True,
             ),
-            Step(f"SIP OPTIONS answered on {targets}", f"python3 -c {q(probe)} {targets}", verify=True),
+            Step(f"SIP OPTIONS answered on {targets}", probe, verify=True),
             Step(
                 f"OpenSIPS's own start line is in {log_file}",
                 f"for i in $(seq 1 40); do grep -qF {q(started)} {q(log_file)} && exit 0; sleep 0.25; done;"
@@ -155,7 +146,7 @@ def verify_phase(host: Host, sockets: list[dict[str, object]]) -> PhasePlan:
 def install_host(
     inv: Inventory,
     host: Host,
-    runner: ShellRunner,
+    runner: Runner,
     *,
     check: bool,
     push_files: PushFiles,
@@ -244,7 +235,7 @@ def install_host(
     return report
 
 
-def run_phase(runner: ShellRunner, phase: PhasePlan, *, check: bool, watch: StepWatch | None) -> list[StepResult]:
+def run_phase(runner: Runner, phase: PhasePlan, *, check: bool, watch: StepWatch | None) -> list[StepResult]:
     """The phase's steps in order, one script per stretch: a step with an upload (a wheelhouse, a release
     tarball, the apt source list) starts a stretch, its file put by the push agent just before it, so its
     guard and the steps after it see the file and the steps before it do not. A placed file is a change."""
@@ -257,7 +248,7 @@ def run_phase(runner: ShellRunner, phase: PhasePlan, *, check: bool, watch: Step
     for i, stretch in enumerate(stretches):
         first, up = stretch[0], stretch[0].upload
         try:
-            placed = up is not None and not check and bool(place(runner.runner, [Artifact(up.path, up.data())]))
+            placed = up is not None and not check and bool(place(runner, [Artifact(up.path, up.data())]))
         except (RemoteError, OSError) as exc:  # a local file unreadable, the host refusing it
             done = [StepResult(first.name, "failed", f"upload of {up.path if up else ''}: {exc}")]
             done += [StepResult(s.name, "skipped") for s in stretch[1:]]

@@ -8,7 +8,6 @@ from typing import TextIO
 from sipops.errors import ExitCode, InputError
 from sipops.provision import install as inst
 from sipops.provision.progress import Board
-from sipops.provision.runner import ShellRunner
 from sipops.provision.steps import StepResult
 from sipops.remote.apply import PushOptions, push_host
 from sipops.remote.executor import FORKS, reach, run_hosts, summarize
@@ -116,7 +115,7 @@ def _install(
             return inst.install_host(
                 t.inv,
                 host,
-                ShellRunner(runner),
+                runner,
                 check=check,
                 push_files=push_files,
                 skip=skipped,

@@ -1,4 +1,5 @@
-"""Run an install phase's script on a host: one `sh -s`, results per step."""
+"""Run an install phase's script on a host: one `sh -s` through the one Runner (sipops.remote.runner), results
+per step."""
 
 from __future__ import annotations
 
@@ -9,21 +10,15 @@ from sipops.provision.steps import Step, StepResult, StepStream, StepWatch, pars
 from sipops.remote.runner import OnOutput, Runner
 
 
-class ShellRunner:
-    """Runs phase scripts through the push engine's runner (one SSH connection, sudo when not root)."""
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self.name = runner.name
-
-    def sh(self, text: str, *, timeout: float, on_output: OnOutput | None = None) -> tuple[int, str]:
-        # $SSH_CLIENT is expanded by the login shell before sudo, which would drop it.
-        out = self.runner.exec('env SIPOPS_SSH_CLIENT="$SSH_CLIENT" sh -s', text.encode(), timeout, on_output)
-        return out.rc, (out.stdout + out.stderr).decode(errors="replace")
+def sh(runner: Runner, text: str, *, timeout: float, on_output: OnOutput | None = None) -> tuple[int, str]:
+    """`text` as a shell script on the host (sudo when not root); exit status and output."""
+    # $SSH_CLIENT is expanded by the login shell before sudo, which would drop it.
+    out = runner.exec('env SIPOPS_SSH_CLIENT="$SSH_CLIENT" sh -s', text.encode(), timeout, on_output)
+    return out.rc, (out.stdout + out.stderr).decode(errors="replace")
 
 
 def run_steps(
-    runner: ShellRunner, steps: list[Step], *, check: bool, timeout: float = 1800, watch: StepWatch | None = None
+    runner: Runner, steps: list[Step], *, check: bool, timeout: float = 1800, watch: StepWatch | None = None
 ) -> list[StepResult]:
     """The steps as one script in one round trip (their uploads: sipops.provision.install.run_phase).
 
@@ -32,7 +27,7 @@ def run_steps(
     text = script(steps, check=check, env={"DEBIAN_FRONTEND": "noninteractive"})
     stream = StepStream(steps, watch) if watch is not None else None
     try:
-        _, out = runner.sh(text, timeout=timeout, on_output=stream.feed if stream else None)
+        _, out = sh(runner, text, timeout=timeout, on_output=stream.feed if stream else None)
     finally:
         if stream is not None:
             stream.close()
@@ -64,8 +59,8 @@ class InstallFacts:
     container: str = ""  # systemd-nspawn, lxc, docker… ("" on a VM or bare metal)
 
 
-def gather(runner: ShellRunner) -> InstallFacts:
-    _, out = runner.sh(FACTS_SCRIPT, timeout=60)
+def gather(runner: Runner) -> InstallFacts:
+    _, out = sh(runner, FACTS_SCRIPT, timeout=60)
     data = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     return InstallFacts(
         python=data.get("python") or None,

@@ -18,23 +18,19 @@ whatever --forks says (draining all of a set at once would leave its calls nowhe
 
 from __future__ import annotations
 
-import inspect
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
-from sipops.host import drain as hostdrain
 from sipops.host.drain import DRAIN_TIMEOUT
-from sipops.host.health import mi as hostmi
 from sipops.inventory import Host, Inventory
 from sipops.remote.apply import HostResult
 from sipops.remote.facts import health_config
 from sipops.remote.plan import HostPlan
-from sipops.remote.runner import RemoteError, Runner, agent_source, call
+from sipops.remote.runner import RemoteError, Runner, call
 from sipops.render import HostRender, context, environment
 
 RESTORE_TRIES = 3  # a balancer that does not answer the put-back is asked again, this often
@@ -62,13 +58,7 @@ class DrainAborted(Exception):
     """The node was not restarted: the reason, with what was put back."""
 
 
-@cache
-def host_source() -> bytes:
-    """The push agent (reply()), the MI client, then the drain steps, whose main() takes over."""
-    mi = inspect.getsource(hostmi).replace("from __future__ import annotations\n", "")
-    body = inspect.getsource(hostdrain).replace("from __future__ import annotations\n", "")
-    start, end = body.index("try:  # on the host"), body.index("Json = dict[str, Any]")
-    return agent_source(False) + b"\n" + mi.encode() + b"\n" + (body[:start] + body[end:]).encode()
+ENTRY = "sipops.host.drain:main"  # the host side, run through the one boot path (sipops.remote.ship)
 
 
 def restarts_opensips(rendered: HostRender, plan: HostPlan) -> bool:
@@ -202,7 +192,7 @@ class Drainer:
         req = {"op": "lb_state", "url": first.url, "engine": first.engine, "items": items}
         runner = self.runner_for(lb)()
         try:
-            return call(runner, req, timeout=60, source=host_source())
+            return call(runner, req, timeout=60, entry=ENTRY)
         finally:
             runner.close()
 
@@ -243,7 +233,7 @@ class Drainer:
         url = cfg.get("mi_url") or f"http://127.0.0.1:{rendered.host.vars['mi_http_port']}/mi"
         req = {"op": "wait_idle", "url": url, "timeout": self.opts.timeout, "poll": 0.25}
         t0 = time.monotonic()
-        reply = call(runner, req, timeout=self.opts.timeout + 60, source=host_source())
+        reply = call(runner, req, timeout=self.opts.timeout + 60, entry=ENTRY)
         report.waited = float(reply.get("waited", time.monotonic() - t0))
         if not reply.get("ok"):
             # OpenSIPS does not answer MI on the node: there is nothing to count, and no call to wait for

@@ -8,42 +8,21 @@ reads). Root is reached with `sudo -n` when the SSH user is not root. LocalRunne
 from __future__ import annotations
 
 import ast
-import hashlib
-import inspect
 import marshal
 import os
 import select
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-import sipops.host.sip
-from sipops.host import agent
+from sipops.remote import ship
 
-MARK = "SIPOPS-RESULT "
-CODE_CACHE = "/var/cache/sipops"
-# Reads the program's source (or its compiled code, cached on the host by the source's hash and the
-# Python's cache tag, in a root-only directory), then hands it the request (marshal: no json import
-# on the host) and the rest of stdin (the payload).
-BOOT = f"""import sys,os,marshal,types
-b=sys.stdin.buffer;h=b.readline().split();n=[int(x) for x in h[:3]];s=b.read(n[0])
-d='{CODE_CACHE}';p=d+'/agent-'+h[3].decode()+'-'+sys.implementation.cache_tag
-try:
- st=os.stat(p)
- if st.st_uid!=os.geteuid() or st.st_mode&0o22:raise OSError
- c=marshal.loads(open(p,'rb').read())
-except Exception:
- c=compile(s,'sipops-agent','exec')
- try:
-  os.makedirs(d,0o700,exist_ok=True);t='%s.%d'%(p,os.getpid());open(t,'wb').write(marshal.dumps(c));os.rename(t,p)
- except Exception:pass
-m=types.ModuleType('sipops_agent');sys.modules['sipops_agent']=m;exec(c,m.__dict__)
-m.main(marshal.loads(b.read(n[1])),b,n[2])"""
+AGENT = "sipops.host.agent:main"  # the push agent: facts, apply, wait, backups, place
 
 
 class RemoteError(Exception):
@@ -68,13 +47,9 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-@cache
-def agent_source(with_sip: bool = True) -> bytes:
-    """sip.py (the OPTIONS probe, for the health gate) followed by the agent; one `from __future__` on top."""
-    sip = inspect.getsource(sipops.host.sip) if with_sip else "from __future__ import annotations\n"
-    body = inspect.getsource(agent).replace("from __future__ import annotations\n", "")
-    body = body.replace("    from sipops.host.sip import options_ping\n", "    pass\n")
-    return (sip + "\n" + body).encode()
+# Per runner, the bundles its host did not have: later calls send them at once (a host that cannot
+# cache, e.g. a test run as a user, asks every time).
+_missing: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 def call(
@@ -82,34 +57,38 @@ def call(
     request: dict[str, Any],
     payload: bytes = b"",
     timeout: float = 120,
-    source: bytes | None = None,
+    entry: str = AGENT,
 ) -> dict[str, Any]:
-    """Run one agent op on the host; the decoded reply. Raises RemoteError when there is none.
+    """Run one job on the host: `entry(request, stdin, len(payload))` from its bundle (sipops.remote.ship);
+    its decoded reply. Raises RemoteError when there is none.
 
-    source: another program to run the same way (it defines main(request, stream, size)).
+    The bundle goes only when the host lacks it in its code cache (it says so, before running anything):
+    a host that has it gets the hash alone.
     """
-    src = agent_source(request["op"] == "apply") if source is None else source
     req = marshal.dumps(request, 4)  # readable by any python3 since 3.4
-    stdin = f"{len(src)} {len(req)} {len(payload)} {_digest(src)}\n".encode() + src + req + payload
-    out = runner.exec(f"python3 -S -c {_sq(BOOT)}", stdin, timeout)
+    digest = ship.bundle(entry).digest
+    missing = _missing.get(runner, set())
+    out = runner.exec(ship_command(), ship.stdin(entry, req, payload, with_code=digest in missing), timeout)
+    if out.rc == 0 and out.stdout.strip() == ship.NEED_CODE.encode():
+        _missing.setdefault(runner, set()).add(digest)
+        out = runner.exec(ship_command(), ship.stdin(entry, req, payload, with_code=True), timeout)
     for line in out.stdout.decode(errors="replace").splitlines():
-        if line.startswith(MARK):
+        if line.startswith(ship.MARK):
             try:
-                reply = ast.literal_eval(line[len(MARK) :])
+                reply = ast.literal_eval(line[len(ship.MARK) :])
             except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-                raise RemoteError(f"unreadable answer from the agent ({type(exc).__name__})") from exc
+                raise RemoteError(f"unreadable answer from the host ({type(exc).__name__})") from exc
             if not isinstance(reply, dict):
                 break
             return reply
     err = (out.stderr or out.stdout).decode(errors="replace").strip()
     if out.rc == 127 or "python3: not found" in err or ("No such file" in err and "python3" in err):
         raise RemoteError("python3 is not installed on the host (sipops runs its checks with it)")
-    raise RemoteError(f"agent failed (exit {out.rc}): {err.splitlines()[-1] if err else 'no output'}")
+    raise RemoteError(f"{entry} failed (exit {out.rc}): {err.splitlines()[-1] if err else 'no output'}")
 
 
-@cache
-def _digest(src: bytes) -> str:
-    return hashlib.sha256(src).hexdigest()[:32]
+def ship_command() -> str:
+    return f"python3 -S -c {_sq(ship.BOOT)}"
 
 
 def _sq(s: str) -> str:

@@ -3,19 +3,17 @@ tune-tcp's own (sipops.host.tuneprobe), parsed into HostFacts and TuneFacts."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-from sipops.host import tuneprobe as probe
 from sipops.remote.facts import HostFacts, facts_request, parse_facts
-from sipops.remote.runner import Runner, agent_source, call
+from sipops.remote.runner import Runner, call
 from sipops.render import HostRender
 from sipops.tuning.calc import SPECS, TuneFacts
 
 # Every sysctl tune-tcp reads (whether or not it sets it on this host).
 KEYS = [s.key for s in SPECS if s.kind == "sysctl"]
+ENTRY = "sipops.host.tuneprobe:main"  # its bundle holds the push agent: one run answers both
 
 
 @dataclass
@@ -26,15 +24,6 @@ class TuneProbe:
     unit: dict[str, Any]  # name, load, active, nofile, main_pid ({} without systemd)
     process: dict[str, Any] | None  # pid, nofile_soft, nofile_hard, shm_mb of the running OpenSIPS
     push: HostFacts | None
-
-
-@cache
-def probe_source() -> bytes:
-    """The push agent (with the SIP probe) followed by the tune probe, whose main() takes over."""
-    body = inspect.getsource(probe).replace("from __future__ import annotations\n", "")
-    body = body.replace("    from sipops.host.agent import facts as push_facts\n", "    push_facts = facts\n")
-    body = body.replace("    from sipops.host.agent import reply\n", "")
-    return agent_source() + b"\n" + body.encode()
 
 
 def probe_request(rendered: HostRender, *, with_push: bool, root: str = "") -> dict[str, Any]:
@@ -55,7 +44,7 @@ def probe_request(rendered: HostRender, *, with_push: bool, root: str = "") -> d
 
 def run_probe(runner: Runner, request: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
     """One agent run with the tune probe; the decoded reply (RemoteError when there is none)."""
-    return call(runner, request, timeout=timeout, source=probe_source())
+    return call(runner, request, timeout=timeout, entry=ENTRY)
 
 
 def parse_probe(reply: dict[str, Any]) -> TuneProbe:

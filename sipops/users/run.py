@@ -3,13 +3,10 @@ shipped by the push engine's runner), registrars through the fleet executor, the
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, TextIO
 
-from sipops.host import users as hostprog
 from sipops.remote.executor import FORKS, HostRun, printer, reach, run_hosts, summarize
 from sipops.remote.fleet import Target, load_targets
 from sipops.remote.runner import RemoteError, Runner, call
@@ -28,9 +25,7 @@ OUTCOMES = {
 }
 
 
-@cache
-def program() -> bytes:
-    return inspect.getsource(hostprog).encode()
+ENTRY = "sipops.host.users:main"  # the host side, run through the one boot path (sipops.remote.ship)
 
 
 @dataclass
@@ -49,7 +44,7 @@ def run_one(make_runner: Callable[[], Runner], reg: Registrar, request: dict[str
     """The host program on one registrar; Unreachable when it cannot be reached, else the host's outcome."""
     runner = reach(make_runner)()
     try:
-        reply = call(runner, request, timeout=TIMEOUT, source=program())
+        reply = call(runner, request, timeout=TIMEOUT, entry=ENTRY)
     except RemoteError as exc:
         return HostOutcome(reg.name, error=str(exc))
     finally:

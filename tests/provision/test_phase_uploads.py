@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from sipops.provision.install import run_phase
-from sipops.provision.runner import ShellRunner
 from sipops.provision.steps import PhasePlan, Step, Upload
 from sipops.remote.runner import LocalRunner
 
@@ -24,20 +23,20 @@ def phase(target: Path) -> PhasePlan:
 
 def test_an_upload_is_placed_just_before_its_step_and_counts_as_a_change(tmp_path: Path) -> None:
     target = tmp_path / "etc" / "opensips.list"
-    results = run_phase(ShellRunner(LocalRunner()), phase(target), check=False, watch=None)
+    results = run_phase(LocalRunner(), phase(target), check=False, watch=None)
     assert [(r.name, r.status) for r in results] == [("key", "changed"), ("list", "changed"), ("install", "changed")]
     assert target.read_bytes() == b"deb\n"
 
 
 def test_check_mode_places_nothing(tmp_path: Path) -> None:
     target = tmp_path / "etc" / "opensips.list"
-    results = run_phase(ShellRunner(LocalRunner()), phase(target), check=True, watch=None)
+    results = run_phase(LocalRunner(), phase(target), check=True, watch=None)
     assert [r.status for r in results] == ["would", "would", "would"] and not target.exists()
 
 
 def test_an_upload_that_cannot_be_read_fails_its_step_and_skips_the_rest(tmp_path: Path) -> None:
     missing = Upload(str(tmp_path / "src.tar.gz"), local=str(tmp_path / "nowhere.tar.gz"))
     plan = PhasePlan("opensips", [Step("deps", "true"), Step("upload", "true", upload=missing), Step("build", "true")])
-    results = run_phase(ShellRunner(LocalRunner()), plan, check=False, watch=None)
+    results = run_phase(LocalRunner(), plan, check=False, watch=None)
     assert [(r.name, r.status) for r in results] == [("deps", "changed"), ("upload", "failed"), ("build", "skipped")]
     assert "nowhere.tar.gz" in results[1].output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from sipops.provision.progress import Board, Running, clean, plain_line, status_line
-from sipops.provision.runner import ShellRunner, run_steps
+from sipops.provision.runner import run_steps
 from sipops.provision.steps import Step, StepStream, StepWatch
 from sipops.remote.runner import LocalRunner
 
@@ -116,7 +116,7 @@ def test_the_stream_of_a_phase_script_says_which_step_runs_and_what_it_prints() 
 def test_a_step_s_output_reaches_the_watch_while_it_runs_and_the_result_is_unchanged() -> None:
     rec = Recorder()
     steps = [Step("build", "for i in 1 2 3; do echo compiling part $i; sleep 0.2; done"), Step("quiet", "true")]
-    results = run_steps(ShellRunner(LocalRunner()), steps, check=False, watch=rec)
+    results = run_steps(LocalRunner(), steps, check=False, watch=rec)
     assert [(r.name, r.status, r.output) for r in results] == [("build", "changed", ""), ("quiet", "changed", "")]
     assert rec.events[0] == ("started", "build")
     assert [e for e in rec.events if e[0] == "output"] == [("output", f"compiling part {i}") for i in (1, 2, 3)]
@@ -125,5 +125,5 @@ def test_a_step_s_output_reaches_the_watch_while_it_runs_and_the_result_is_uncha
 
 def test_a_secret_step_streams_nothing() -> None:
     rec = Recorder()
-    run_steps(ShellRunner(LocalRunner()), [Step("db", "echo password=s3cret", secret=True)], check=False, watch=rec)
+    run_steps(LocalRunner(), [Step("db", "echo password=s3cret", secret=True)], check=False, watch=rec)
     assert rec.events == [("started", "db"), ("finished", "")]

@@ -1,13 +1,13 @@
 """The checks on the host itself: `sipops health --local`, the cron job, and what SSH runs remotely.
 
 Standard library only. On a host without sipops it runs as `python3 sipops-health.pyz ...`
-(installed by `sipops cron install`) or as `python3 -` with the modules on stdin (`sipops health HOST`).
+(installed by `sipops cron install`) or through the one boot path (sipops.remote.ship, entry remote_entry)
+for `sipops health HOST`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -75,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     return int(report.status)
 
 
-def remote_entry(payload: dict[str, Any]) -> None:
-    """Entry point of `python3 -` runs from the controller: config in, report JSON out on stdout."""
+def remote_entry(payload: dict[str, Any], stream: Any = None, size: int = 0) -> dict[str, Any]:
+    """Entry point of `sipops health HOST` (sipops.health.remote through sipops.remote.runner.call):
+    config in, the report (as a dict) back."""
     try:
         cfg = config_from_dict(payload["config"], "shipped health config")
     except ConfigError as exc:
         report = Report(str(payload.get("config", {}).get("host", "?")), [])
         report.alert = str(exc)
-        print(json.dumps({"report": report.as_dict(), "error": str(exc)}))
-        return
+        return {"report": report.as_dict(), "error": str(exc)}
     report = run_host(
         cfg,
         HostSources(cfg),
@@ -92,7 +92,7 @@ def remote_entry(payload: dict[str, Any]) -> None:
         alert_cmd=payload.get("alert_cmd"),
         render_alert=lambda r: render_text([r]),
     )
-    print(json.dumps({"report": report.as_dict()}))
+    return {"report": report.as_dict()}
 
 
 if __name__ == "__main__":

@@ -198,3 +198,8 @@ def build_report(params: dict[str, Any]) -> dict[str, Any]:
         "netstat": table.netstat.as_dict() if table.netstat else None,
         "limits": limits(table, lsn, procs or {}, params.get("tcp_max_connections")) if params.get("limits") else None,
     }
+
+
+def main(params: dict[str, Any], stream: Any = None, size: int = 0) -> dict[str, Any]:
+    """Entry point of `sipops conns HOST` (sipops.monitor.remote, through sipops.remote.runner.call)."""
+    return build_report(params)
