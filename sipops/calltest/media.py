@@ -8,6 +8,7 @@ port, and audio leaving from it. Counting at the kernel sees exactly what crosse
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from sipops.calltest.sipp import Place
 AUDIO_PT = 8  # PCMA, the payload of sip-tester's g711a.pcap
 DTMF_PT = 96  # telephone-event as sipp's play_dtmf writes it
 DTMF_EVENTS = "0123456789*#"  # RFC 4733 event codes 0-11
+_TABLES = itertools.count(1)  # checks of several hosts count in one namespace at once: a table each
 
 
 def event_code(digit: str) -> int:
@@ -71,7 +73,7 @@ class MediaCounters:
         self.place = place
         self.ports = ports
         self.digits = digits
-        self.table = f"sipops_calltest_{os.getpid()}"
+        self.table = f"sipops_calltest_{os.getpid()}_{next(_TABLES)}"
 
     def _nft(self, args: list[str], stdin: str | None = None) -> str:
         proc = subprocess.run(

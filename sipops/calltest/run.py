@@ -31,6 +31,7 @@ from sipops.calltest.session import Session
 from sipops.calltest.sipp import sipp_binary
 from sipops.errors import ExitCode, InputError
 from sipops.inventory import Inventory, load_inventory, resolve_inventory_path
+from sipops.remote.executor import FORKS
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Request:
     from_netns: list[str] = field(default_factory=list)
     as_json: bool = False
     keep: Path | None = None  # keep the scenarios and sipp's files here
+    forks: int = FORKS  # hosts checked at once
 
 
 @dataclass
@@ -110,16 +112,28 @@ CHECKS: dict[str, Check] = {
     "gateways": gateways.spread,
     "failover": gateways.failover,
 }
+GATEWAY_CHECKS = frozenset({"gateways", "failover"})
 
 
-def run_checks(p: Prepared, session: Session, emit: Callable[[CheckResult], None]) -> list[CheckResult]:
-    results: list[CheckResult] = []
+def run_checks(
+    p: Prepared, session: Session, emit: Callable[[CheckResult], None], *, forks: int = FORKS
+) -> list[CheckResult]:
+    """Each host's checks, `forks` hosts at a time (the fleet executor); one host's checks run in turn,
+    transport by transport. Gateway checks take session.gateways: their callees listen on the gateways'
+    own addresses and ports, which two balancers of one inventory may share. Results in the hosts' order."""
+    from sipops.remote.executor import run_hosts
 
-    def done(r: CheckResult) -> None:
-        results.append(r)
-        emit(r)
+    by_name = {t.name: t for t in p.targets}
+    partial: dict[str, list[CheckResult]] = {name: [] for name in by_name}
 
-    for t in p.targets:
+    def host(name: str) -> list[CheckResult]:
+        t = by_name[name]
+        results = partial[name]
+
+        def done(r: CheckResult) -> None:
+            results.append(r)
+            emit(r)
+
         names = checks_for(t, p.opts)
         if not names:
             done(skipped(t.name, "roles", "-", f"no call test for roles {', '.join(t.host.roles) or 'none'}"))
@@ -133,19 +147,38 @@ def run_checks(p: Prepared, session: Session, emit: Callable[[CheckResult], None
                         done(checks.callee_uri(session, t, transport, callee))
                     continue
                 try:
-                    done(CHECKS[name](session, t, transport))
+                    if name in GATEWAY_CHECKS:
+                        with session.gateways:
+                            done(CHECKS[name](session, t, transport))
+                    else:
+                        done(CHECKS[name](session, t, transport))
                 except (OSError, RuntimeError) as exc:
                     done(CheckResult(t.name, name, transport, "FAILED", f"could not run: {exc}"))
-    return results
+        return results
+
+    runs = run_hosts(list(by_name), host, forks=forks)
+    out: list[CheckResult] = []
+    for run in runs:
+        out.extend(partial[run.host])
+        if run.result is None:  # a check raised: what ran before it, then one FAILED line; the others went on
+            r = CheckResult(run.host, "calltest", "-", "FAILED", f"could not run: {run.reason}")
+            emit(r)
+            out.append(r)
+    return out
 
 
 def calltest(req: Request, out: TextIO = sys.stdout) -> ExitCode:
     p = prepare(req)
 
+    import threading
+
+    printing = threading.Lock()  # hosts run at once: one whole line at a time
+
     def emit(r: CheckResult) -> None:
         if not req.as_json:
-            out.write(line(r) + "\n")
-            out.flush()
+            with printing:
+                out.write(line(r) + "\n")
+                out.flush()
 
     if not req.as_json:
         where = [x for x in (p.opts.caller, p.opts.callee) if x is not None]
@@ -155,7 +188,7 @@ def calltest(req: Request, out: TextIO = sys.stdout) -> ExitCode:
         workdir.mkdir(parents=True, exist_ok=True)
         session = Session(environment(p.inv.dir), p.binary, workdir, p.opts, p.inv)
         try:
-            results = run_checks(p, session, emit)
+            results = run_checks(p, session, emit, forks=req.forks)
         finally:
             session.close()
     for leftover in session.leftovers:

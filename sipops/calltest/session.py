@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ class Session:
         self._sip = itertools.count(5070)
         self._media = itertools.count(30000, 4)
         self.processes: list[SippProcess] = []
+        self.gateways = threading.Lock()  # gateway checks one at a time (sipops.calltest.run.run_checks)
 
     def folder(self, name: str) -> Path:
         path = self.workdir / f"{next(self._folders):03d}-{name}"

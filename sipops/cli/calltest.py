@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sipops.cli.options import HostsArg, InventoryOpt, JsonOpt, bad_input
+from sipops.cli.options import FORKS, ForksOpt, HostsArg, InventoryOpt, JsonOpt, bad_input
 from sipops.errors import InputError
 
 
@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         duration: Annotated[float | None, typer.Option("--duration", help="Load mode: stop after T seconds")] = None,
         as_json: JsonOpt = False,
         keep: Annotated[Path | None, typer.Option("--keep", help="Keep scenarios and sipp's files in DIR")] = None,
+        forks: ForksOpt = FORKS,
     ) -> None:
         """Softphones register and call through each host's roles: signalling, media both ways, DTMF, failover."""
         from sipops.calltest.run import Request, calltest
@@ -67,6 +68,7 @@ def register(app: typer.Typer) -> None:
             from_netns=from_netns or [],
             as_json=as_json,
             keep=keep,
+            forks=forks,
         )
         # SIGTERM (a timeout around us, a service stop) unwinds like Ctrl-C: every sipp started is stopped.
         signal.signal(signal.SIGTERM, _interrupt)
