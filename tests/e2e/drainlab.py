@@ -181,20 +181,26 @@ class Load:
         return doc
 
 
+LEAD = 3.0  # seconds of load through both edges before the action (20 calls/s: steady within a second)
+TAIL = 2.0  # at least this much load after the action ends
+
+
 def under_load(
     dl: DrainLab, action: Callable[[], tuple[int, str]], seconds: float = 30
 ) -> tuple[int, str, dict[str, Any], float]:
-    """action() (a push, a restart) 6 s into a load of `seconds`: its exit code and output, the load's
-    figures, how long the action took."""
+    """action() (a push, a restart) LEAD s into a load of `seconds`: its exit code and output, the load's
+    figures, how long the action took. The load must outlast the action by TAIL s (else what the action
+    cost would go unmeasured): an AssertionError says by how much it did not."""
     dl.wait_all_active()
     load = Load(dl, seconds)
     try:
-        time.sleep(6)  # the load runs through both edges before the action
+        time.sleep(LEAD)
         t0 = time.monotonic()
         code, out = action()
         took = time.monotonic() - t0
     finally:
         doc = load.result()
+    assert LEAD + took + TAIL <= seconds, f"the load ({seconds} s) ended before the action ({took:.1f} s) + {TAIL} s"
     return code, out, doc, took
 
 

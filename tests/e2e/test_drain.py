@@ -49,7 +49,7 @@ def dlab(tmp_path_factory: pytest.TempPathFactory, opensips_prefix: Path) -> Ite
 
 
 def _push_under_load(
-    dl: DrainLab, *args: str, seconds: float = 30, hosts: tuple[str, ...] = ("h1",)
+    dl: DrainLab, *args: str, seconds: float = 18, hosts: tuple[str, ...] = ("h1",)
 ) -> tuple[int, str, dict[str, Any], float]:
     return under_load(dl, lambda: sipops("push", *hosts, "-i", dl.inventory, *args), seconds)
 
@@ -100,15 +100,12 @@ def _pushes(dl: DrainLab, values: list[int], *args: str) -> tuple[int, str]:
     return max(codes), "\n".join(outs)
 
 
-def test_the_same_pushes_with_and_without_drain_the_calls_lost_are_the_baseline(dlab: DrainLab) -> None:
-    # Three restarts under one load each way. h3 reaches the edges over TCP: a restart closes that
-    # connection, and what h3 sends on it meanwhile fails (477) instead of being retransmitted as on UDP.
+def test_the_same_pushes_without_drain_lose_calls_the_baseline(dlab: DrainLab) -> None:
+    # Three restarts under one load without drain (the drained pushes of this module lose none). h3 reaches
+    # the edges over TCP: a restart closes that connection, and what h3 sends on it meanwhile fails (477)
+    # instead of being retransmitted as on UDP.
     before = dlab.pid("h1")
-    code, out, drained, took = under_load(dlab, lambda: _pushes(dlab, [70, 71, 72]), seconds=40)
-    line = _figures("3 modparam pushes with drain", drained, took)
-    assert code == 0 and out.count("h1: put back active on h3") == 3, out
-    assert drained["failed"] == 0 and drained["answered"] == drained["attempts"], line
-    code, out, baseline, took = under_load(dlab, lambda: _pushes(dlab, [73, 74, 75], "--no-drain"), seconds=40)
+    code, out, baseline, took = under_load(dlab, lambda: _pushes(dlab, [73, 74, 75], "--no-drain"), seconds=28)
     line = _figures("3 modparam pushes without drain (baseline)", baseline, took)
     assert code == 0 and "drained" not in out, out
     assert dlab.pid("h1") != before, "h1 was not restarted"
@@ -137,7 +134,7 @@ def test_a_push_that_fails_at_start_is_rolled_back_and_the_node_put_back_without
 def test_a_drain_that_times_out_puts_the_node_back_and_does_not_restart_it(dlab: DrainLab) -> None:
     before = dlab.pid("h1")
     dlab.set_vars(("h1",), sip_fr_inv_timeout=63)
-    code, out, doc, took = _push_under_load(dlab, "--drain-timeout", "0.3", seconds=20)
+    code, out, doc, took = _push_under_load(dlab, "--drain-timeout", "0.3", seconds=10)
     _figures("drain timed out (0.3 s)", doc, took)
     assert code == 1, out
     assert "drain timed out after" in out and "calls still in setup (" in out and "not restarted" in out, out
@@ -170,7 +167,7 @@ def test_a_balancer_that_does_not_answer_leaves_the_node_untouched_and_says_so(d
 def test_a_serial_rollout_over_both_edges_drains_them_one_at_a_time_and_loses_no_call(dlab: DrainLab) -> None:
     pids = {h: dlab.pid(h) for h in ("h1", "h2")}
     dlab.set_vars(("h1", "h2"), sip_fr_inv_timeout=65)
-    code, out, doc, took = _push_under_load(dlab, "--serial", "1", seconds=45, hosts=("h1", "h2"))
+    code, out, doc, took = _push_under_load(dlab, "--serial", "1", seconds=26, hosts=("h1", "h2"))
     line = _figures("serial rollout over h1 and h2 with drain", doc, took)
     assert code == 0, out
     for h in ("h1", "h2"):
@@ -184,7 +181,7 @@ def test_a_parallel_push_of_both_edges_drains_them_one_at_a_time_and_loses_no_ca
     # No --serial: both hosts run at once, but the balancer's lock lets one drain at a time, so h3 always
     # has an edge to send calls to.
     dlab.set_vars(("h1", "h2"), sip_fr_inv_timeout=66)
-    code, out, doc, took = _push_under_load(dlab, seconds=45, hosts=("h1", "h2"))
+    code, out, doc, took = _push_under_load(dlab, seconds=26, hosts=("h1", "h2"))
     line = _figures("parallel push of h1 and h2 with drain", doc, took)
     assert code == 0, out
     first, second = sorted(("h1", "h2"), key=lambda h: out.index(f"{h}: drained on h3"))
